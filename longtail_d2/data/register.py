@@ -1,0 +1,135 @@
+"""Dataset registration: custom LVIS/COCO-format files from ``DATASETS.CUSTOM``, the generated
+long-tailed set from ``DATASETS.SYNTHETIC`` and class statistics for detectron2's builtin LVIS
+names. Every dataset registered here has ``evaluator_type="lvis"`` and its class statistics in
+its metadata (see :mod:`longtail_d2.data.class_statistics`)."""
+import json
+import logging
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets.lvis_v0_5_categories import LVIS_CATEGORIES as LVIS_V0_5_CATEGORIES
+from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES as LVIS_V1_CATEGORIES
+
+from .class_statistics import compute_class_statistics, get_class_statistics, set_class_statistics
+from .lvis_json import DatasetError, load_longtail_json
+from .synthetic import SyntheticConfig, ensure_synthetic_dataset
+
+__all__ = [
+    "register_longtail_dataset",
+    "register_datasets_from_config",
+    "lvis_ground_truth",
+    "SYNTHETIC_TRAIN",
+    "SYNTHETIC_VAL",
+]
+
+logger = logging.getLogger(__name__)
+
+SYNTHETIC_TRAIN = "longtail_synth_train"
+SYNTHETIC_VAL = "longtail_synth_val"
+
+# Normalised LVIS-format ground truth of each custom dataset, for the evaluator.
+_LVIS_GT = {}
+
+
+def datasets_root():
+    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+
+
+def _resolve(path):
+    return path if os.path.isabs(path) else os.path.join(datasets_root(), path)
+
+
+def register_longtail_dataset(name: str, json_file: str, image_root: str):
+    """
+    Loads and validates an LVIS- or COCO-format file now (raising :class:`DatasetError` that
+    names the file), then registers it under ``name`` with its metadata and class statistics.
+    Registering the same name with the same files again is a no-op.
+    """
+    if name in DatasetCatalog.list():
+        meta = MetadataCatalog.get(name)
+        if meta.get("json_file") == json_file and meta.get("image_root") == image_root:
+            return
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    loaded = load_longtail_json(json_file, image_root)
+    dicts = loaded.dataset_dicts
+    DatasetCatalog.register(name, lambda: dicts)
+    MetadataCatalog.get(name).set(
+        thing_classes=[c.get("synonyms", [c["name"]])[0] for c in loaded.categories],
+        thing_dataset_id_to_contiguous_id=loaded.id_map,
+        json_file=json_file,
+        image_root=image_root,
+        evaluator_type="lvis",
+        class_frequency=[c["frequency"] for c in loaded.categories],
+        is_lvis_format=loaded.is_lvis_format,
+    )
+    set_class_statistics(name, compute_class_statistics(dicts, len(loaded.categories)))
+    _LVIS_GT[name] = loaded.lvis_gt
+
+
+def lvis_ground_truth(dataset_name: str) -> dict:
+    """The LVIS-format ground truth dict of a registered dataset (custom or builtin LVIS)."""
+    if dataset_name in _LVIS_GT:
+        return _LVIS_GT[dataset_name]
+    json_file = MetadataCatalog.get(dataset_name).json_file
+    with open(json_file) as f:
+        return json.load(f)
+
+
+def _use_training_frequency(test_name, train_names):
+    """A COCO-format test set has no ``frequency``: take the groups of the training set."""
+    train_stats = get_class_statistics(train_names)
+    test_meta = MetadataCatalog.get(test_name)
+    if list(test_meta.thing_classes) != list(MetadataCatalog.get(train_names[0]).thing_classes):
+        logger.warning(
+            f"{test_name}: classes differ from {train_names[0]}; its frequency groups come from "
+            "its own image counts"
+        )
+        return
+    test_meta.class_frequency = list(train_stats.frequency)
+    for cat, freq in zip(sorted(_LVIS_GT[test_name]["categories"], key=lambda c: c["id"]),
+                         train_stats.frequency):
+        cat["frequency"] = freq
+
+
+def _check_triple(entry):
+    if not (isinstance(entry, (list, tuple)) and len(entry) == 3
+            and all(isinstance(x, str) for x in entry)):
+        raise DatasetError(
+            f"DATASETS.CUSTOM: each entry must be (name, json_file, image_root), got {entry!r}"
+        )
+    return entry
+
+
+def register_datasets_from_config(cfg):
+    """Registers the generated dataset (generating it first if absent) and DATASETS.CUSTOM."""
+    if cfg.DATASETS.SYNTHETIC.ROOT:
+        root = _resolve(cfg.DATASETS.SYNTHETIC.ROOT)
+        ensure_synthetic_dataset(root, SyntheticConfig.from_cfg(cfg))
+        register_longtail_dataset(SYNTHETIC_TRAIN, os.path.join(root, "lvis_train.json"), root)
+        register_longtail_dataset(SYNTHETIC_VAL, os.path.join(root, "lvis_val.json"), root)
+    custom = [_check_triple(e) for e in cfg.DATASETS.CUSTOM]
+    for name, json_file, image_root in custom:
+        register_longtail_dataset(name, _resolve(json_file), _resolve(image_root))
+    for name, _, _ in custom:
+        meta = MetadataCatalog.get(name)
+        if not meta.is_lvis_format and name not in cfg.DATASETS.TRAIN and cfg.DATASETS.TRAIN:
+            _use_training_frequency(name, list(cfg.DATASETS.TRAIN))
+    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+        if name not in DatasetCatalog.list():
+            raise DatasetError(
+                f"dataset {name!r} is not registered: add it to DATASETS.CUSTOM as "
+                "(name, json_file, image_root) or use a builtin name such as 'lvis_v1_train'"
+            )
+
+
+def _register_builtin_lvis_frequency():
+    """detectron2 registers the LVIS splits with class names only: add frequency groups."""
+    for prefix, categories in (("lvis_v0.5_", LVIS_V0_5_CATEGORIES), ("lvis_v1_", LVIS_V1_CATEGORIES)):
+        frequency = [c["frequency"] for c in sorted(categories, key=lambda c: c["id"])]
+        for name in DatasetCatalog.list():
+            if name.startswith(prefix) and "cocofied" not in name:
+                MetadataCatalog.get(name).set(class_frequency=frequency)
+
+
+_register_builtin_lvis_frequency()

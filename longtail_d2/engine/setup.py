@@ -1,0 +1,39 @@
+"""Building the config of a run and checking it before anything is written to OUTPUT_DIR."""
+import logging
+
+import torch
+from detectron2.config import get_cfg
+
+from ..config import add_longtail_config
+from ..data import register_datasets_from_config
+
+__all__ = ["ConfigError", "load_config", "prepare_run"]
+
+logger = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key."""
+
+
+def load_config(config_file: str, opts=()):
+    """get_cfg + longtail_d2 keys + the YAML file + ``KEY VALUE`` overrides, frozen."""
+    cfg = get_cfg()
+    add_longtail_config(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE is %r but no GPU is visible: using the CPU", cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
+    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+        raise ConfigError("SOLVER.AMP.ENABLED True needs a GPU (MODEL.DEVICE cuda)")
+    cfg.freeze()
+    return cfg
+
+
+def prepare_run(config_file: str, opts=()):
+    """The config with its datasets registered (and the generated one created if absent)."""
+    cfg = load_config(config_file, opts)
+    register_datasets_from_config(cfg)
+    return cfg

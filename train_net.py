@@ -1,0 +1,67 @@
+#!/usr/bin/env python
+"""
+Train and evaluate long-tailed instance segmentation models with longtail_d2.
+
+    python train_net.py --config-file configs/Tiny/mask_rcnn_R_18_FPN_demo.yaml
+    python train_net.py --config-file x.yaml --num-gpus 8
+    python train_net.py --config-file x.yaml --eval-only MODEL.WEIGHTS path/to/model.pth
+    python train_net.py --config-file x.yaml --resume
+    python train_net.py --config-file x.yaml --num-gpus 2 MODEL.DEVICE cpu   # 2 gloo processes
+
+Config and dataset errors are reported in one line, with a non-zero exit, before anything is
+written to OUTPUT_DIR.
+"""
+import sys
+
+import yaml
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from longtail_d2.data import DatasetError
+from longtail_d2.engine import LongTailTrainer, prepare_run
+
+USER_ERRORS = (DatasetError, ValueError, KeyError, OSError, yaml.YAMLError)
+
+
+def setup(args):
+    cfg = prepare_run(args.config_file, args.opts)
+    default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="longtail_d2")
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = LongTailTrainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        return LongTailTrainer.test(cfg, model)
+    trainer = LongTailTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def one_line(error):
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return f"error: {' '.join(str(text).split())}"
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    try:
+        # Checked once here, before workers start: bad input fails fast and writes nothing.
+        prepare_run(args.config_file, args.opts)
+    except USER_ERRORS as e:
+        sys.exit(one_line(e))
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
