@@ -20,9 +20,9 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from longtail_d2.data import DatasetError
-from longtail_d2.engine import LongTailTrainer, prepare_run
+from longtail_d2.engine import ConfigError, LongTailTrainer, prepare_run
 
-USER_ERRORS = (DatasetError, ValueError, KeyError, OSError, yaml.YAMLError)
+USER_ERRORS = (ConfigError, DatasetError, ValueError, OSError, yaml.YAMLError)
 
 
 def setup(args):
@@ -46,8 +46,7 @@ def main(args):
 
 
 def one_line(error):
-    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-    return f"error: {' '.join(str(text).split())}"
+    return "error: " + " ".join(str(error).split())
 
 
 if __name__ == "__main__":

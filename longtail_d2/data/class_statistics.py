@@ -75,15 +75,13 @@ def compute_class_statistics(dataset_dicts, num_classes: int) -> ClassStatistics
 
 
 def set_class_statistics(dataset_name: str, stats: ClassStatistics):
-    """Store statistics in the dataset's metadata (``class_image_count``, ...)."""
-    meta = MetadataCatalog.get(dataset_name)
-    meta.set(
+    """Store counts in the dataset's metadata (``class_image_count``, ...). The frequency group
+    (``class_frequency``) is set at registration: for a test set it is the training set's."""
+    MetadataCatalog.get(dataset_name).set(
         class_image_count=stats.image_count.tolist(),
         class_instance_count=stats.instance_count.tolist(),
         class_num_images=stats.num_images,
     )
-    if "class_frequency" not in meta.as_dict():
-        meta.set(class_frequency=list(stats.frequency))
 
 
 def _from_metadata(dataset_name: str) -> ClassStatistics:
@@ -94,11 +92,12 @@ def _from_metadata(dataset_name: str) -> ClassStatistics:
             DatasetCatalog.get(dataset_name), len(meta.thing_classes)
         )
         set_class_statistics(dataset_name, stats)
+    image_count = np.asarray(meta.class_image_count, dtype=np.int64)
     return ClassStatistics(
-        np.asarray(meta.class_image_count, dtype=np.int64),
+        image_count,
         np.asarray(meta.class_instance_count, dtype=np.int64),
         int(meta.class_num_images),
-        list(meta.class_frequency),
+        list(meta.get("class_frequency") or frequency_groups(image_count)),
     )
 
 

@@ -39,11 +39,15 @@ def _resolve(path):
     return path if os.path.isabs(path) else os.path.join(datasets_root(), path)
 
 
-def register_longtail_dataset(name: str, json_file: str, image_root: str):
+def register_longtail_dataset(name: str, json_file: str, image_root: str, frequency_from=()):
     """
     Loads and validates an LVIS- or COCO-format file now (raising :class:`DatasetError` that
     names the file), then registers it under ``name`` with its metadata and class statistics.
     Registering the same name with the same files again is a no-op.
+
+    Args:
+        frequency_from: training dataset names whose frequency groups a COCO-format file (which
+            has none) adopts if its classes are theirs; otherwise its own image counts decide.
     """
     if name in DatasetCatalog.list():
         meta = MetadataCatalog.get(name)
@@ -53,9 +57,20 @@ def register_longtail_dataset(name: str, json_file: str, image_root: str):
         MetadataCatalog.remove(name)
     loaded = load_longtail_json(json_file, image_root)
     dicts = loaded.dataset_dicts
+    classes = [c.get("synonyms", [c["name"]])[0] for c in loaded.categories]
+    if not loaded.is_lvis_format and frequency_from:
+        if classes == list(MetadataCatalog.get(frequency_from[0]).thing_classes):
+            frequency = get_class_statistics(list(frequency_from)).frequency
+            for cat, freq in zip(loaded.categories, frequency):
+                cat["frequency"] = freq
+        else:
+            logger.warning(
+                f"{name}: classes differ from {frequency_from[0]}'s; its frequency groups come "
+                "from its own image counts"
+            )
     DatasetCatalog.register(name, lambda: dicts)
     MetadataCatalog.get(name).set(
-        thing_classes=[c.get("synonyms", [c["name"]])[0] for c in loaded.categories],
+        thing_classes=classes,
         thing_dataset_id_to_contiguous_id=loaded.id_map,
         json_file=json_file,
         image_root=image_root,
@@ -76,22 +91,6 @@ def lvis_ground_truth(dataset_name: str) -> dict:
         return json.load(f)
 
 
-def _use_training_frequency(test_name, train_names):
-    """A COCO-format test set has no ``frequency``: take the groups of the training set."""
-    train_stats = get_class_statistics(train_names)
-    test_meta = MetadataCatalog.get(test_name)
-    if list(test_meta.thing_classes) != list(MetadataCatalog.get(train_names[0]).thing_classes):
-        logger.warning(
-            f"{test_name}: classes differ from {train_names[0]}; its frequency groups come from "
-            "its own image counts"
-        )
-        return
-    test_meta.class_frequency = list(train_stats.frequency)
-    for cat, freq in zip(sorted(_LVIS_GT[test_name]["categories"], key=lambda c: c["id"]),
-                         train_stats.frequency):
-        cat["frequency"] = freq
-
-
 def _check_triple(entry):
     if not (isinstance(entry, (list, tuple)) and len(entry) == 3
             and all(isinstance(x, str) for x in entry)):
@@ -109,12 +108,11 @@ def register_datasets_from_config(cfg):
         register_longtail_dataset(SYNTHETIC_TRAIN, os.path.join(root, "lvis_train.json"), root)
         register_longtail_dataset(SYNTHETIC_VAL, os.path.join(root, "lvis_val.json"), root)
     custom = [_check_triple(e) for e in cfg.DATASETS.CUSTOM]
-    for name, json_file, image_root in custom:
-        register_longtail_dataset(name, _resolve(json_file), _resolve(image_root))
-    for name, _, _ in custom:
-        meta = MetadataCatalog.get(name)
-        if not meta.is_lvis_format and name not in cfg.DATASETS.TRAIN and cfg.DATASETS.TRAIN:
-            _use_training_frequency(name, list(cfg.DATASETS.TRAIN))
+    train = list(cfg.DATASETS.TRAIN)
+    # Training sets first: test sets in COCO format take their frequency groups.
+    for name, json_file, image_root in sorted(custom, key=lambda e: e[0] not in train):
+        frequency_from = () if name in train else [t for t in train if t in DatasetCatalog.list()]
+        register_longtail_dataset(name, _resolve(json_file), _resolve(image_root), frequency_from)
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
         if name not in DatasetCatalog.list():
             raise DatasetError(

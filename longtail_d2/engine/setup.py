@@ -16,13 +16,25 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message names the key."""
 
 
+def _message(error):
+    text = error.args[0] if error.args else repr(error)
+    return " ".join(str(text).split())
+
+
 def load_config(config_file: str, opts=()):
     """get_cfg + longtail_d2 keys + the YAML file + ``KEY VALUE`` overrides, frozen."""
     cfg = get_cfg()
     add_longtail_config(cfg)
-    if config_file:
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    # yacs reports unknown keys as KeyError or AssertionError and wrong types as ValueError.
+    try:
+        if config_file:
+            cfg.merge_from_file(config_file)
+    except (KeyError, AssertionError, ValueError) as e:
+        raise ConfigError(f"{config_file}: {_message(e)}") from None
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, AssertionError, ValueError) as e:
+        raise ConfigError(f"command-line override: {_message(e)}") from None
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE is %r but no GPU is visible: using the CPU", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"

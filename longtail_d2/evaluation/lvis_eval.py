@@ -63,7 +63,8 @@ def evaluate_lvis(
 
     gt = COCO(copy.deepcopy(lvis_gt))
     dt = gt.loadRes(results)
-    evaluator = COCOeval_faster(gt, dt, iou_type, lvis_style=True, print_function=logger.debug)
+    # Its own summary print is replaced by the evaluator's table.
+    evaluator = COCOeval_faster(gt, dt, iou_type, lvis_style=True, print_function=lambda *_: None)
     evaluator.params.maxDets = [max_dets]
     evaluator.evaluate()
     evaluator.accumulate()
