@@ -35,6 +35,8 @@ COLORS = {
     "cyan": (40, 200, 210),
 }
 MAX_CLASSES = len(SHAPES) * len(COLORS)
+# Bumped whenever the same parameters would render a different dataset.
+GENERATOR_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -61,10 +63,10 @@ class SyntheticConfig:
 
 
 def class_names(num_classes):
-    """Class k is shape k % 7 in colour (k // 7 + k) % 6: all 42 pairs are distinct."""
+    """Class k = 7a + b is shape b in colour (a + b) % 6: all 42 pairs are distinct."""
     colors = list(COLORS)
     return [
-        f"{colors[(k // len(SHAPES) + k) % len(colors)]}_{SHAPES[k % len(SHAPES)]}"
+        f"{colors[(k // len(SHAPES) + k % len(SHAPES)) % len(colors)]}_{SHAPES[k % len(SHAPES)]}"
         for k in range(num_classes)
     ]
 
@@ -243,8 +245,12 @@ def generate_longtail_dataset(root: str, cfg: SyntheticConfig = SyntheticConfig(
         with open(os.path.join(tmp, f"lvis_{split}.json"), "w") as f:
             json.dump(dict(data, categories=categories), f)
     with open(os.path.join(tmp, "generator.json"), "w") as f:
-        json.dump(asdict(cfg), f, indent=1)
+        json.dump(_params(cfg), f, indent=1)
     os.replace(tmp, root)
+
+
+def _params(cfg):
+    return dict(asdict(cfg), generator_version=GENERATOR_VERSION)
 
 
 def ensure_synthetic_dataset(root: str, cfg: SyntheticConfig):
@@ -256,9 +262,9 @@ def ensure_synthetic_dataset(root: str, cfg: SyntheticConfig):
                 existing = json.load(f)
         except (OSError, json.JSONDecodeError):
             raise ValueError(f"{root} exists but is not a generated dataset (no {params_file})")
-        if existing != asdict(cfg):
+        if existing != _params(cfg):
             raise ValueError(
-                f"{root} was generated with {existing}, not with the configured {asdict(cfg)}: "
+                f"{root} was generated with {existing}, not with the configured {_params(cfg)}: "
                 "delete the folder or set DATASETS.SYNTHETIC.ROOT to another one"
             )
         return
