@@ -1,5 +1,6 @@
 """Config keys of longtail_d2: call :func:`add_longtail_config` on ``get_cfg()`` before merging
 YAML files or command-line overrides, so that misspelled keys stay errors."""
+
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_longtail_config"]
@@ -8,7 +9,7 @@ __all__ = ["add_longtail_config"]
 def add_dataset_config(cfg):
     # Datasets in LVIS or COCO json format registered before any loader is built, as a list of
     # (name, json_file, image_root) triples; relative paths are taken under $DETECTRON2_DATASETS
-    # (default "datasets"), like detectron2's builtin datasets. Names then go in DATASETS.TRAIN/TEST.
+    # (default "datasets"), like detectron2's builtin ones. Their names go in DATASETS.TRAIN/TEST.
     cfg.DATASETS.CUSTOM = []
     cfg.DATASETS.SYNTHETIC = CN()
     # Folder (under $DETECTRON2_DATASETS when relative) of the generated long-tailed dataset;

@@ -3,6 +3,7 @@
 LVIS groups categories by the number of *training images* that contain them
 (Gupta et al. 2019): rare 1-10, common 11-100, frequent > 100.
 """
+
 from dataclasses import dataclass
 from typing import List, Sequence
 
@@ -50,8 +51,7 @@ class ClassStatistics:
 def frequency_groups(image_count: Sequence[int]) -> List[str]:
     """LVIS group ("r", "c", "f") of each class from its training image count."""
     return [
-        "r" if n <= RARE_MAX_IMAGES else "c" if n <= COMMON_MAX_IMAGES else "f"
-        for n in image_count
+        "r" if n <= RARE_MAX_IMAGES else "c" if n <= COMMON_MAX_IMAGES else "f" for n in image_count
     ]
 
 
@@ -75,29 +75,27 @@ def compute_class_statistics(dataset_dicts, num_classes: int) -> ClassStatistics
 
 
 def set_class_statistics(dataset_name: str, stats: ClassStatistics):
-    """Store counts in the dataset's metadata (``class_image_count``, ...). The frequency group
-    (``class_frequency``) is set at registration: for a test set it is the training set's."""
+    """Store counts in the dataset's metadata (``category_image_count``, ...). The frequency group
+    (``category_frequency``) is set at registration: for a test set it is the training set's."""
     MetadataCatalog.get(dataset_name).set(
-        class_image_count=stats.image_count.tolist(),
-        class_instance_count=stats.instance_count.tolist(),
-        class_num_images=stats.num_images,
+        category_image_count=stats.image_count.tolist(),
+        category_instance_count=stats.instance_count.tolist(),
+        num_annotated_images=stats.num_images,
     )
 
 
 def _from_metadata(dataset_name: str) -> ClassStatistics:
     meta = MetadataCatalog.get(dataset_name)
-    if "class_image_count" not in meta.as_dict():
+    if "category_image_count" not in meta.as_dict():
         # Builtin LVIS sets: computed once from the loaded annotations, then cached.
-        stats = compute_class_statistics(
-            DatasetCatalog.get(dataset_name), len(meta.thing_classes)
-        )
+        stats = compute_class_statistics(DatasetCatalog.get(dataset_name), len(meta.thing_classes))
         set_class_statistics(dataset_name, stats)
-    image_count = np.asarray(meta.class_image_count, dtype=np.int64)
+    image_count = np.asarray(meta.category_image_count, dtype=np.int64)
     return ClassStatistics(
         image_count,
-        np.asarray(meta.class_instance_count, dtype=np.int64),
-        int(meta.class_num_images),
-        list(meta.get("class_frequency") or frequency_groups(image_count)),
+        np.asarray(meta.category_instance_count, dtype=np.int64),
+        int(meta.num_annotated_images),
+        list(meta.get("category_frequency") or frequency_groups(image_count)),
     )
 
 

@@ -7,6 +7,7 @@ negative: false positives there count), ``not_exhaustive_category_ids`` = the ca
 crowd annotations (unmatched detections there are ignored), crowd annotations are dropped
 (LVIS has none), and each category's ``frequency`` comes from its image count in this file.
 """
+
 import json
 import os
 from dataclasses import dataclass
@@ -62,7 +63,9 @@ def _image_path(json_file, image_root, img):
         return os.path.join(image_root, img["file_name"])
     if "coco_url" in img:  # LVIS layout: <root>/<split folder>/<name>
         return os.path.join(image_root, *img["coco_url"].split("/")[-2:])
-    raise DatasetError(f"{json_file}: image id {img.get('id')} has neither 'file_name' nor 'coco_url'")
+    raise DatasetError(
+        f"{json_file}: image id {img.get('id')} has neither 'file_name' nor 'coco_url'"
+    )
 
 
 def _check_segmentation(json_file, ann):
@@ -76,7 +79,9 @@ def _check_segmentation(json_file, ann):
                 "polygon with fewer than 3 points"
             )
     elif not (isinstance(segm, dict) and "counts" in segm and "size" in segm):
-        raise DatasetError(f"{json_file}: annotation id {ann.get('id')} has a malformed segmentation")
+        raise DatasetError(
+            f"{json_file}: annotation id {ann.get('id')} has a malformed segmentation"
+        )
 
 
 def load_longtail_json(json_file: str, image_root: str, check_images: bool = True) -> LongTailJson:

@@ -2,6 +2,7 @@
 long-tailed set from ``DATASETS.SYNTHETIC`` and class statistics for detectron2's builtin LVIS
 names. Every dataset registered here has ``evaluator_type="lvis"`` and its class statistics in
 its metadata (see :mod:`longtail_d2.data.class_statistics`)."""
+
 import json
 import logging
 import os
@@ -75,7 +76,7 @@ def register_longtail_dataset(name: str, json_file: str, image_root: str, freque
         json_file=json_file,
         image_root=image_root,
         evaluator_type="lvis",
-        class_frequency=[c["frequency"] for c in loaded.categories],
+        category_frequency=[c["frequency"] for c in loaded.categories],
         is_lvis_format=loaded.is_lvis_format,
     )
     set_class_statistics(name, compute_class_statistics(dicts, len(loaded.categories)))
@@ -92,8 +93,11 @@ def lvis_ground_truth(dataset_name: str) -> dict:
 
 
 def _check_triple(entry):
-    if not (isinstance(entry, (list, tuple)) and len(entry) == 3
-            and all(isinstance(x, str) for x in entry)):
+    if not (
+        isinstance(entry, (list, tuple))
+        and len(entry) == 3
+        and all(isinstance(x, str) for x in entry)
+    ):
         raise DatasetError(
             f"DATASETS.CUSTOM: each entry must be (name, json_file, image_root), got {entry!r}"
         )
@@ -123,11 +127,14 @@ def register_datasets_from_config(cfg):
 
 def _register_builtin_lvis_frequency():
     """detectron2 registers the LVIS splits with class names only: add frequency groups."""
-    for prefix, categories in (("lvis_v0.5_", LVIS_V0_5_CATEGORIES), ("lvis_v1_", LVIS_V1_CATEGORIES)):
+    for prefix, categories in (
+        ("lvis_v0.5_", LVIS_V0_5_CATEGORIES),
+        ("lvis_v1_", LVIS_V1_CATEGORIES),
+    ):
         frequency = [c["frequency"] for c in sorted(categories, key=lambda c: c["id"])]
         for name in DatasetCatalog.list():
             if name.startswith(prefix) and "cocofied" not in name:
-                MetadataCatalog.get(name).set(class_frequency=frequency)
+                MetadataCatalog.get(name).set(category_frequency=frequency)
 
 
 _register_builtin_lvis_frequency()

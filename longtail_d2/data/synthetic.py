@@ -10,6 +10,7 @@ validation set covers every class, and both splits carry ``neg_category_ids`` an
 Layout under ``root``: ``train/*.jpg``, ``val/*.jpg``, ``lvis_train.json``, ``lvis_val.json``,
 ``generator.json`` (the parameters, checked when the folder is reused).
 """
+
 import json
 import logging
 import os

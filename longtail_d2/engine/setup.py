@@ -1,4 +1,5 @@
 """Building the config of a run and checking it before anything is written to OUTPUT_DIR."""
+
 import logging
 
 import torch

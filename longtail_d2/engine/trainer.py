@@ -1,5 +1,6 @@
 """The trainer of longtail_d2: detectron2's DefaultTrainer with the LVIS evaluator on every
 dataset and DistributedDataParallel that also works for CPU processes (gloo)."""
+
 import logging
 import os
 import weakref
@@ -35,7 +36,9 @@ class LongTailTrainer(DefaultTrainer):
             model, data_loader, optimizer
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = DetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg

@@ -6,6 +6,7 @@ Protocol: the top ``max_dets`` detections of each image over all categories; a d
 category c in image I counts only if c is annotated in I or in ``neg_category_ids(I)``;
 unmatched detections of c are ignored where c is in ``not_exhaustive_category_ids(I)``.
 """
+
 import copy
 import logging
 from collections import defaultdict

@@ -1,6 +1,7 @@
 """Detectron2 evaluator for the LVIS protocol on any dataset registered by longtail_d2 or
 detectron2's builtin LVIS splits. Writes ``metrics.json`` (``bbox/AP`` ... ``segm/APf``),
 ``per_category_ap.json`` and a plot of AP per category into its output folder."""
+
 import copy
 import itertools
 import json

@@ -1,4 +1,5 @@
 """Tables and plots of LVIS results by frequency group."""
+
 import math
 
 from tabulate import tabulate

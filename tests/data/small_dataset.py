@@ -1,4 +1,5 @@
 """A 5-image annotation file whose statistics are easy to count by hand."""
+
 import copy
 import os
 

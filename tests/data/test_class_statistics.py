@@ -47,20 +47,21 @@ def test_custom_registration_and_metadata(tmp_path, datasets_root):
     val["annotations"] = val["annotations"][:1]
     val_file = write_json(tmp_path / "val.json", val)
     register_datasets_from_config(
-        _cfg([["sc_train", train, images], ("sc_val", val_file, images)],
-             ("sc_train",), ("sc_val",))
+        _cfg(
+            [["sc_train", train, images], ("sc_val", val_file, images)], ("sc_train",), ("sc_val",)
+        )
     )
     assert len(DatasetCatalog.get("sc_train")) == 5
     meta = MetadataCatalog.get("sc_train")
     assert meta.thing_classes == ["a", "b", "c"]
     assert meta.evaluator_type == "lvis"
     # Counted by hand in small_dataset.py: the crowd annotation is not an instance.
-    assert meta.class_image_count == [3, 2, 1]
-    assert meta.class_instance_count == [4, 2, 1]
-    assert meta.class_num_images == 4
+    assert meta.category_image_count == [3, 2, 1]
+    assert meta.category_instance_count == [4, 2, 1]
+    assert meta.num_annotated_images == 4
     stats = get_class_statistics(["sc_train"])
     assert stats.frequency == ["r", "r", "r"]
-    assert MetadataCatalog.get("sc_val").class_image_count == [1, 0, 0]
+    assert MetadataCatalog.get("sc_val").category_image_count == [1, 0, 0]
     # Union of two training sets: counts add up.
     both = get_class_statistics(["sc_train", "sc_val"])
     assert both.image_count.tolist() == [4, 2, 1]
@@ -72,7 +73,9 @@ def test_relative_paths_and_unknown_name(tmp_path, datasets_root):
 
     write_images(f"{datasets_root}/rel/images")
     write_json(f"{datasets_root}/rel/train.json", coco_dict())
-    register_datasets_from_config(_cfg([["rel_train", "rel/train.json", "rel/images"]], ("rel_train",)))
+    register_datasets_from_config(
+        _cfg([["rel_train", "rel/train.json", "rel/images"]], ("rel_train",))
+    )
     assert get_class_statistics("rel_train").num_images == 4
     with pytest.raises(DatasetError, match="'typo_train' is not registered"):
         register_datasets_from_config(_cfg([], ("typo_train",)))
@@ -83,11 +86,11 @@ def test_relative_paths_and_unknown_name(tmp_path, datasets_root):
 def test_builtin_lvis_frequency_groups():
     from detectron2.data import MetadataCatalog
 
-    freq = MetadataCatalog.get("lvis_v1_train").class_frequency
+    freq = MetadataCatalog.get("lvis_v1_train").category_frequency
     assert len(freq) == len(MetadataCatalog.get("lvis_v1_train").thing_classes)
     # Counts computed in METHODS.md from the LVIS v1 category file: 337 r / 461 c / 405 f.
     assert (freq.count("r"), freq.count("c"), freq.count("f")) == (337, 461, 405)
-    freq = MetadataCatalog.get("lvis_v0.5_val").class_frequency
+    freq = MetadataCatalog.get("lvis_v0.5_val").category_frequency
     assert (freq.count("r"), freq.count("c"), freq.count("f")) == (454, 461, 315)
 
 
@@ -107,13 +110,16 @@ def test_coco_test_set_takes_training_frequency(tmp_path, datasets_root):
     }
     register_datasets_from_config(
         _cfg(
-            [["ft_train", write_json(tmp_path / "t.json", train), images],
-             ["ft_val", write_json(tmp_path / "v.json", base), images]],
-            ("ft_train",), ("ft_val",),
+            [
+                ["ft_train", write_json(tmp_path / "t.json", train), images],
+                ["ft_val", write_json(tmp_path / "v.json", base), images],
+            ],
+            ("ft_train",),
+            ("ft_val",),
         )
     )
-    assert MetadataCatalog.get("ft_train").class_frequency == ["c", "r", "r"]
+    assert MetadataCatalog.get("ft_train").category_frequency == ["c", "r", "r"]
     # In its own annotations the validation set would be all rare; it gets the training groups.
-    assert MetadataCatalog.get("ft_val").class_frequency == ["c", "r", "r"]
+    assert MetadataCatalog.get("ft_val").category_frequency == ["c", "r", "r"]
     gt_freq = [c["frequency"] for c in lvis_ground_truth("ft_val")["categories"]]
     assert gt_freq == ["c", "r", "r"]

@@ -1,5 +1,3 @@
-import json
-
 import pytest
 
 from longtail_d2.data import DatasetError, load_longtail_json
@@ -38,8 +36,9 @@ def test_coco_file_becomes_lvis_style(coco_file):
 
 def test_lvis_fields_are_kept(coco_file, tmp_path):
     data = coco_dict()
-    data["images"] = [dict(img, neg_category_ids=[20], not_exhaustive_category_ids=[10])
-                      for img in data["images"]]
+    data["images"] = [
+        dict(img, neg_category_ids=[20], not_exhaustive_category_ids=[10]) for img in data["images"]
+    ]
     data["categories"] = [dict(c, frequency="f") for c in data["categories"]]
     loaded = load_longtail_json(write_json(tmp_path / "lvis.json", data), coco_file[1])
     assert loaded.is_lvis_format
@@ -67,7 +66,9 @@ def test_malformed_json(tmp_path):
 
 
 def test_missing_key(tmp_path):
-    _expect_error(write_json(tmp_path / "x.json", {"images": []}), str(tmp_path), "x.json", "annotations")
+    _expect_error(
+        write_json(tmp_path / "x.json", {"images": []}), str(tmp_path), "x.json", "annotations"
+    )
 
 
 def test_unknown_category(coco_file, tmp_path):
@@ -85,7 +86,9 @@ def test_empty_dataset(tmp_path):
 def test_missing_image(coco_file, tmp_path):
     data = coco_dict()
     data["images"][2] = dict(data["images"][2], file_name="gone.png")
-    _expect_error(write_json(tmp_path / "m.json", data), coco_file[1], "m.json", "gone.png", "image id 3")
+    _expect_error(
+        write_json(tmp_path / "m.json", data), coco_file[1], "m.json", "gone.png", "image id 3"
+    )
 
 
 def test_bad_polygon(coco_file, tmp_path):

@@ -55,20 +55,26 @@ def test_stochastic_rounding_expectation():
 def test_config_builds_rfs_loader_on_custom_dataset(tmp_path, datasets_root):
     from detectron2.data.build import _train_loader_from_config
 
-    from longtail_d2.engine import load_config
     from longtail_d2.data import register_datasets_from_config
+    from longtail_d2.engine import load_config
 
     images = write_images(tmp_path / "images")
     train = write_json(tmp_path / "rfs.json", coco_dict())
     cfg = load_config(
         "",
         [
-            "DATASETS.CUSTOM", f"[('rfs_train', '{train}', '{images}')]",
-            "DATASETS.TRAIN", "('rfs_train',)",
-            "DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler",
-            "DATALOADER.REPEAT_THRESHOLD", "0.8",
-            "DATALOADER.NUM_WORKERS", "0",
-            "SOLVER.IMS_PER_BATCH", "2",
+            "DATASETS.CUSTOM",
+            f"[('rfs_train', '{train}', '{images}')]",
+            "DATASETS.TRAIN",
+            "('rfs_train',)",
+            "DATALOADER.SAMPLER_TRAIN",
+            "RepeatFactorTrainingSampler",
+            "DATALOADER.REPEAT_THRESHOLD",
+            "0.8",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "SOLVER.IMS_PER_BATCH",
+            "2",
         ],
     )
     register_datasets_from_config(cfg)

@@ -9,8 +9,14 @@ from longtail_d2.data import SyntheticConfig, ensure_synthetic_dataset, generate
 from longtail_d2.data.class_statistics import frequency_groups
 from longtail_d2.data.synthetic import _train_classes, class_names
 
-SMALL = SyntheticConfig(seed=3, num_classes=8, num_train_images=30, num_val_images=6,
-                        min_val_images_per_class=1, image_size=64)
+SMALL = SyntheticConfig(
+    seed=3,
+    num_classes=8,
+    num_train_images=30,
+    num_val_images=6,
+    min_val_images_per_class=1,
+    image_size=64,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
 """End to end through train_net.py on the instant config (generated 40-image dataset)."""
+
 import glob
 import json
 import math
@@ -8,8 +9,11 @@ import pytest
 
 from tests.conftest import INSTANT, read_metrics, run_train_net
 
-KEYS = [f"{t}/{m}" for t in ("bbox", "segm")
-        for m in ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")]
+KEYS = [
+    f"{t}/{m}"
+    for t in ("bbox", "segm")
+    for m in ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
+]
 
 
 def _check(proc):
@@ -37,7 +41,9 @@ def test_train_writes_checkpoints_logs_and_metrics(trained):
         iters = [json.loads(line)["iteration"] for line in f if '"total_loss"' in line]
     assert iters[-1] == 9
     assert glob.glob(os.path.join(trained, "events.out.tfevents.*"))  # TensorBoard
-    per_cat = json.load(open(os.path.join(trained, "inference/longtail_synth_val/per_category_ap.json")))
+    per_cat = json.load(
+        open(os.path.join(trained, "inference/longtail_synth_val/per_category_ap.json"))
+    )
     assert len(per_cat) == 12 and {r["frequency"] for r in per_cat} <= {"r", "c", "f"}
     assert os.path.isfile(os.path.join(trained, "inference/longtail_synth_val/per_category_ap.png"))
     log = open(os.path.join(trained, "log.txt")).read()
@@ -47,11 +53,16 @@ def test_train_writes_checkpoints_logs_and_metrics(trained):
 def test_eval_only_reproduces_final_metrics(trained, tmp_path):
     out = str(tmp_path / "eval")
     weights = os.path.join(trained, "model_final.pth")
-    _check(run_train_net("--config-file", INSTANT, "--eval-only", "MODEL.WEIGHTS", weights,
-                         "OUTPUT_DIR", out))
+    _check(
+        run_train_net(
+            "--config-file", INSTANT, "--eval-only", "MODEL.WEIGHTS", weights, "OUTPUT_DIR", out
+        )
+    )
     ours, theirs = read_metrics(out), read_metrics(trained)
     for k in KEYS:
-        assert (math.isnan(ours[k]) and math.isnan(theirs[k])) or ours[k] == pytest.approx(theirs[k], abs=1e-6), k
+        assert (math.isnan(ours[k]) and math.isnan(theirs[k])) or ours[k] == pytest.approx(
+            theirs[k], abs=1e-6
+        ), k
 
 
 def test_resume_continues_at_saved_iteration(trained, tmp_path):
@@ -60,8 +71,11 @@ def test_resume_continues_at_saved_iteration(trained, tmp_path):
     out.mkdir()
     os.link(os.path.join(trained, "model_0000004.pth"), out / "model_0000004.pth")
     (out / "last_checkpoint").write_text("model_0000004.pth")
-    proc = _check(run_train_net("--config-file", INSTANT, "--resume", "OUTPUT_DIR", str(out),
-                                "TEST.EVAL_PERIOD", "0"))
+    proc = _check(
+        run_train_net(
+            "--config-file", INSTANT, "--resume", "OUTPUT_DIR", str(out), "TEST.EVAL_PERIOD", "0"
+        )
+    )
     log = (out / "log.txt").read_text()
     assert "Starting training from iteration 5" in log
     with open(out / "metrics.json") as f:
@@ -72,8 +86,20 @@ def test_resume_continues_at_saved_iteration(trained, tmp_path):
 
 def test_two_cpu_processes_train_and_evaluate(tmp_path, datasets_root):
     out = str(tmp_path / "ddp")
-    proc = _check(run_train_net("--config-file", INSTANT, "--num-gpus", "2", "MODEL.DEVICE", "cpu",
-                                "SOLVER.MAX_ITER", "4", "OUTPUT_DIR", out))
+    proc = _check(
+        run_train_net(
+            "--config-file",
+            INSTANT,
+            "--num-gpus",
+            "2",
+            "MODEL.DEVICE",
+            "cpu",
+            "SOLVER.MAX_ITER",
+            "4",
+            "OUTPUT_DIR",
+            out,
+        )
+    )
     assert set(KEYS) <= set(read_metrics(out))
     log = open(os.path.join(out, "log.txt")).read()
     assert "Rank of current process: 0. World size: 2" in log
@@ -84,8 +110,15 @@ def test_two_cpu_processes_train_and_evaluate(tmp_path, datasets_root):
     [
         (["SOLVER.MAX_ITER", "abc"], ["SOLVER.MAX_ITER", "abc"]),
         (["SOLVER.MAX_ITR", "5"], ["SOLVER.MAX_ITR"]),
-        (["DATASETS.CUSTOM", "[('x', 'missing/ann.json', 'missing')]", "DATASETS.TRAIN", "('x',)"],
-         ["missing/ann.json", "not found"]),
+        (
+            [
+                "DATASETS.CUSTOM",
+                "[('x', 'missing/ann.json', 'missing')]",
+                "DATASETS.TRAIN",
+                "('x',)",
+            ],
+            ["missing/ann.json", "not found"],
+        ),
     ],
 )
 def test_bad_input_fails_in_one_line_and_writes_nothing(opts, fragments, tmp_path, datasets_root):
@@ -107,8 +140,16 @@ def test_missing_image_fails_in_one_line(tmp_path, datasets_root):
     os.remove(os.path.join(images, "img4.png"))
     ann = write_json(tmp_path / "ann.json", coco_dict())
     out = tmp_path / "never"
-    proc = run_train_net("--config-file", INSTANT, "OUTPUT_DIR", str(out),
-                         "DATASETS.CUSTOM", f"[('m', '{ann}', '{images}')]", "DATASETS.TEST", "('m',)")
+    proc = run_train_net(
+        "--config-file",
+        INSTANT,
+        "OUTPUT_DIR",
+        str(out),
+        "DATASETS.CUSTOM",
+        f"[('m', '{ann}', '{images}')]",
+        "DATASETS.TEST",
+        "('m',)",
+    )
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert "img4.png" in last and "ann.json" in last

@@ -2,7 +2,6 @@ import json
 import math
 import os
 
-import numpy as np
 import pytest
 import torch
 from detectron2.structures import Boxes, Instances
@@ -10,7 +9,7 @@ from detectron2.structures import Boxes, Instances
 from longtail_d2.data import register_longtail_dataset
 from longtail_d2.evaluation import LongTailLVISEvaluator
 from tests.conftest import write_json
-from tests.data.small_dataset import SQUARE, coco_dict, write_images
+from tests.data.small_dataset import coco_dict, write_images
 
 
 def _perfect_outputs(dataset_dicts):
@@ -21,8 +20,9 @@ def _perfect_outputs(dataset_dicts):
         boxes = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in record["annotations"])]
         inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
         inst.scores = torch.linspace(0.9, 0.5, len(boxes))
-        inst.pred_classes = torch.tensor([a["category_id"] for a in record["annotations"]],
-                                         dtype=torch.int64)
+        inst.pred_classes = torch.tensor(
+            [a["category_id"] for a in record["annotations"]], dtype=torch.int64
+        )
         masks = torch.zeros(len(boxes), record["height"], record["width"], dtype=torch.bool)
         masks[:, 2:12, 2:12] = True  # SQUARE of small_dataset
         inst.pred_masks = masks
@@ -73,3 +73,36 @@ def test_category_ids_map_back_to_dataset_ids(tmp_path):
     evaluator.process(inputs, outputs)
     results = evaluator.evaluate()
     assert results["bbox"]["AP"] == pytest.approx(100.0 / 3)
+
+
+def test_detectron2_builtin_lvis_registration(tmp_path):
+    """The path of detectron2's builtin LVIS names: images by coco_url, ids 1-based, no id map,
+    statistics computed lazily from the loaded annotations."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.datasets.lvis import register_lvis_instances
+
+    from longtail_d2.data import get_class_statistics
+
+    write_images(tmp_path / "coco" / "train2017")
+    data = coco_dict()
+    data["annotations"] = [a for a in data["annotations"] if not a["iscrowd"]]
+    data["categories"] = [
+        dict(c, id=i + 1, frequency="c") for i, c in enumerate(data["categories"])
+    ]
+    remap = {10: 1, 20: 2, 30: 3}
+    data["annotations"] = [
+        dict(a, category_id=remap[a["category_id"]]) for a in data["annotations"]
+    ]
+    for img in data["images"]:
+        img["coco_url"] = f"http://host/train2017/{img.pop('file_name')}"
+        img["neg_category_ids"], img["not_exhaustive_category_ids"] = [], []
+    json_file = write_json(tmp_path / "lvis" / "lvis_fake_train.json", data)
+    # detectron2 then takes the class names of LVIS v1 from the name (1203 classes).
+    register_lvis_instances("lvis_v1_fake_train", {}, json_file, str(tmp_path / "coco") + "/")
+    stats = get_class_statistics("lvis_v1_fake_train")
+    assert stats.image_count[:3].tolist() == [3, 2, 1] and stats.image_count.sum() == 6
+    assert stats.num_images == 4
+    evaluator = LongTailLVISEvaluator("lvis_v1_fake_train", None, distributed=False)
+    evaluator.reset()
+    evaluator.process(*_perfect_outputs(DatasetCatalog.get("lvis_v1_fake_train")))
+    assert evaluator.evaluate()["bbox"]["APc"] == pytest.approx(100.0)

@@ -1,4 +1,5 @@
 """The evaluator against lvis-api's LVISEval (an independent implementation) and hand cases."""
+
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ SIZE = 64
 
 def _square_rle(x, y, w, h):
     m = np.zeros((SIZE, SIZE), dtype=np.uint8, order="F")
-    m[int(y):int(y + h), int(x):int(x + w)] = 1
+    m[int(y) : int(y + h), int(x) : int(x + w)] = 1
     rle = mask_util.encode(m)
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
@@ -30,27 +31,53 @@ def generated_case(seed=0, num_images=60, num_cats=12):
         absent = sorted(set(range(1, num_cats + 1)) - set(present))
         neg = sorted(rng.choice(absent, size=3, replace=False).tolist())
         not_exhaustive = [int(present[0])] if rng.random() < 0.3 else []
-        images.append({"id": i, "height": SIZE, "width": SIZE, "neg_category_ids": neg,
-                       "not_exhaustive_category_ids": not_exhaustive})
+        images.append(
+            {
+                "id": i,
+                "height": SIZE,
+                "width": SIZE,
+                "neg_category_ids": neg,
+                "not_exhaustive_category_ids": not_exhaustive,
+            }
+        )
         for c in present:
             for _ in range(rng.integers(1, 3)):
                 x, y = rng.integers(0, SIZE - 20, 2)
                 w, h = rng.integers(4, 20, 2)  # small and medium areas
-                anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(c),
-                             "bbox": [float(x), float(y), float(w), float(h)],
-                             "area": float(w * h), "segmentation": _square_rle(x, y, w, h)})
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": i,
+                        "category_id": int(c),
+                        "bbox": [float(x), float(y), float(w), float(h)],
+                        "area": float(w * h),
+                        "segmentation": _square_rle(x, y, w, h),
+                    }
+                )
                 for _ in range(rng.integers(1, 3)):
                     jx, jy = rng.integers(-2, 3, 2)
                     box = [float(x + jx), float(y + jy), float(w), float(h)]
                     label = int(c) if rng.random() < 0.7 else int(rng.integers(1, num_cats + 1))
-                    dets.append({"image_id": i, "category_id": label, "bbox": box,
-                                 "score": float(rng.random()),
-                                 "segmentation": _square_rle(max(x + jx, 0), max(y + jy, 0), w, h)})
+                    dets.append(
+                        {
+                            "image_id": i,
+                            "category_id": label,
+                            "bbox": box,
+                            "score": float(rng.random()),
+                            "segmentation": _square_rle(max(x + jx, 0), max(y + jy, 0), w, h),
+                        }
+                    )
         for _ in range(rng.integers(0, 4)):  # background false positives
             x, y = rng.integers(0, SIZE - 10, 2)
-            dets.append({"image_id": i, "category_id": int(rng.integers(1, num_cats + 1)),
-                         "bbox": [float(x), float(y), 8.0, 8.0], "score": float(rng.random()),
-                         "segmentation": _square_rle(x, y, 8, 8)})
+            dets.append(
+                {
+                    "image_id": i,
+                    "category_id": int(rng.integers(1, num_cats + 1)),
+                    "bbox": [float(x), float(y), 8.0, 8.0],
+                    "score": float(rng.random()),
+                    "segmentation": _square_rle(x, y, 8, 8),
+                }
+            )
     return {"images": images, "annotations": anns, "categories": cats}, dets
 
 
@@ -90,10 +117,25 @@ def test_equals_lvis_api(iou_type, max_dets, tmp_path):
 
 def _one_image_case():
     gt = {
-        "images": [{"id": 1, "height": SIZE, "width": SIZE, "neg_category_ids": [2],
-                    "not_exhaustive_category_ids": []}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20],
-                         "area": 400.0, "segmentation": _square_rle(10, 10, 20, 20)}],
+        "images": [
+            {
+                "id": 1,
+                "height": SIZE,
+                "width": SIZE,
+                "neg_category_ids": [2],
+                "not_exhaustive_category_ids": [],
+            }
+        ],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [10, 10, 20, 20],
+                "area": 400.0,
+                "segmentation": _square_rle(10, 10, 20, 20),
+            }
+        ],
         "categories": [{"id": c, "name": str(c), "frequency": "f"} for c in (1, 2, 3)],
     }
     tp = {"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.9}
