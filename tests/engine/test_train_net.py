@@ -71,7 +71,7 @@ def test_resume_continues_at_saved_iteration(trained, tmp_path):
     out.mkdir()
     os.link(os.path.join(trained, "model_0000004.pth"), out / "model_0000004.pth")
     (out / "last_checkpoint").write_text("model_0000004.pth")
-    proc = _check(
+    _check(
         run_train_net(
             "--config-file", INSTANT, "--resume", "OUTPUT_DIR", str(out), "TEST.EVAL_PERIOD", "0"
         )
@@ -86,7 +86,7 @@ def test_resume_continues_at_saved_iteration(trained, tmp_path):
 
 def test_two_cpu_processes_train_and_evaluate(tmp_path, datasets_root):
     out = str(tmp_path / "ddp")
-    proc = _check(
+    _check(
         run_train_net(
             "--config-file",
             INSTANT,
