@@ -33,8 +33,42 @@ def add_evaluation_config(cfg):
     cfg.TEST.LVIS_MAX_DETS_PER_IMAGE = 300
 
 
+def add_box_head_config(cfg):
+    head = cfg.MODEL.ROI_BOX_HEAD
+    # Classification loss of LongTailROIHeads / LongTailCascadeROIHeads, a LONGTAIL_LOSS_REGISTRY
+    # name: SoftmaxCELoss, SigmoidCELoss, EQLLoss, DropLoss, EQLv2Loss, SeesawLoss,
+    # BalancedSoftmaxLoss, FederatedLoss (which uses FED_LOSS_NUM_CLASSES / _FREQ_WEIGHT_POWER).
+    head.CLS_LOSS = "SoftmaxCELoss"
+    # pi of the classifier bias init -log((1 - pi) / pi) of the sigmoid losses (EQL: 0.001).
+    head.PRIOR_PROB = 0.001
+    # Tail set T of EQL and DropLoss: the classes of these frequency groups ...
+    head.TAIL = CN()
+    head.TAIL.GROUPS = ["r", "c"]
+    # ... or, when > 0, the classes of image frequency f(c) < LAMBDA (the papers' lambda;
+    # 0.00177 = r + c on LVIS v0.5 only).
+    head.TAIL.LAMBDA = 0.0
+    # EQL v2: gamma, mu of the mapping f(g) = 1 / (1 + exp(-gamma (g - mu))), alpha of the
+    # positive weight 1 + alpha (1 - f(g)).
+    head.EQLV2 = CN()
+    head.EQLV2.GAMMA = 12.0
+    head.EQLV2.MU = 0.8
+    head.EQLV2.ALPHA = 4.0
+    # Seesaw: p (mitigation exponent), q (compensation exponent), eps (score clamp).
+    head.SEESAW = CN()
+    head.SEESAW.P = 0.8
+    head.SEESAW.Q = 2.0
+    head.SEESAW.EPS = 0.01
+    # Cosine classifier of Seesaw (all logits = tau * cos + b), usable with any loss.
+    head.NORMED_CLASSIFIER = CN()
+    head.NORMED_CLASSIFIER.ENABLED = False
+    head.NORMED_CLASSIFIER.TEMPERATURE = 20.0
+    # tau of the normalised 1x1 mask predictor (ROI_MASK_HEAD.NAME NormedMaskRCNNConvUpsampleHead).
+    cfg.MODEL.ROI_MASK_HEAD.NORMED_TEMPERATURE = 20.0
+
+
 def add_longtail_config(cfg):
     """Add every longtail_d2 key, with its default, to a detectron2 config (in place)."""
     add_dataset_config(cfg)
     add_evaluation_config(cfg)
+    add_box_head_config(cfg)
     return cfg

@@ -263,9 +263,11 @@ def ensure_synthetic_dataset(root: str, cfg: SyntheticConfig):
                 existing = json.load(f)
         except (OSError, json.JSONDecodeError):
             raise ValueError(f"{root} exists but is not a generated dataset (no {params_file})")
-        if existing != _params(cfg):
+        wanted = _params(cfg)
+        diff = {k: (existing.get(k), v) for k, v in wanted.items() if existing.get(k) != v}
+        if diff:
             raise ValueError(
-                f"{root} was generated with {existing}, not with the configured {_params(cfg)}: "
+                f"{root} was generated with other parameters ((found, configured): {diff}): "
                 "delete the folder or set DATASETS.SYNTHETIC.ROOT to another one"
             )
         return

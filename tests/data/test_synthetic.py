@@ -80,5 +80,5 @@ def test_class_names_are_distinct():
 
 def test_reuse_checks_parameters(small):
     ensure_synthetic_dataset(small, SMALL)  # same parameters: reused as is
-    with pytest.raises(ValueError, match="generated with"):
+    with pytest.raises(ValueError, match="generated with other parameters"):
         ensure_synthetic_dataset(small, SyntheticConfig(**{**SMALL.__dict__, "seed": 9}))

@@ -1,0 +1,78 @@
+"""Balanced Softmax, sigmoid variant (Ren et al., "Balanced Meta-Softmax for Long-Tailed
+Visual Recognition", NeurIPS 2020; reference implementation of BALMS for instance segmentation).
+
+On foreground RoIs every logit is shifted by the log-odds of its class's image frequency,
+z'_j = z_j + log(pi_j / (1 - pi_j)), before a sigmoid BCE; background RoIs are unchanged, and
+inference uses the unshifted logits (the shift models the training label prior only).
+"""
+
+import torch
+from detectron2.config import configurable
+
+from .base import ClassificationLoss, check_logits, one_hot_targets
+from .registry import LONGTAIL_LOSS_REGISTRY, training_statistics
+from .sigmoid_ce import sigmoid_scores, weighted_bce
+
+__all__ = ["balanced_sigmoid_loss", "balanced_logits", "BalancedSoftmaxLoss"]
+
+# pi is clamped into [FREQ_EPS, 1 - FREQ_EPS]: a class in every (or no) training image would
+# otherwise get an infinite shift.
+FREQ_EPS = 1e-6
+
+
+def balanced_logits(logits, gt_classes, class_freq):
+    """(R, C) logits with log(pi / (1 - pi)) added on foreground rows."""
+    pi = class_freq.to(logits.dtype).clamp(FREQ_EPS, 1 - FREQ_EPS)
+    shift = torch.log(pi) - torch.log1p(-pi)
+    is_fg = (gt_classes < logits.shape[1]).to(logits.dtype)
+    return logits + is_fg[:, None] * shift[None, :]
+
+
+def balanced_sigmoid_loss(
+    logits: torch.Tensor, gt_classes: torch.Tensor, class_freq: torch.Tensor
+) -> torch.Tensor:
+    """
+    Args:
+        logits: (R, C).
+        gt_classes: (R,) int64 in [0, C], C = background.
+        class_freq: (C,) image-count frequency pi in (0, 1].
+    Returns:
+        (1/R) sum_rj BCE(z'_rj, Y_rj).
+    """
+    num_classes = logits.shape[1]
+    check_logits(logits, gt_classes, num_classes, "balanced_sigmoid_loss")
+    targets = one_hot_targets(gt_classes, num_classes, logits.dtype)
+    return weighted_bce(balanced_logits(logits, gt_classes, class_freq), targets)
+
+
+@LONGTAIL_LOSS_REGISTRY.register()
+class BalancedSoftmaxLoss(ClassificationLoss):
+    """Logits (R, C); scores sigma(z) (unshifted) plus a zero background column.
+    Buffer: class_freq (C,), the image frequency of each class in DATASETS.TRAIN."""
+
+    extra_logits = 0
+    uses_prior_prob = True
+
+    @configurable
+    def __init__(self, num_classes: int, class_freq: torch.Tensor):
+        super().__init__(num_classes)
+        assert class_freq.shape == (num_classes,), class_freq.shape
+        self.register_buffer("class_freq", class_freq.clone().float())
+
+    @classmethod
+    def from_config(cls, cfg):
+        num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        stats = training_statistics(cfg)
+        # Without statistics (eval-only elsewhere) 0.5 = no shift until the checkpoint loads.
+        freq = (
+            torch.as_tensor(stats.image_frequency)
+            if stats is not None
+            else torch.full((num_classes,), 0.5)
+        )
+        return {"num_classes": num_classes, "class_freq": freq}
+
+    def forward(self, logits, gt_classes):
+        return {"loss_cls": balanced_sigmoid_loss(logits, gt_classes, self.class_freq)}
+
+    def scores(self, logits):
+        return sigmoid_scores(logits)

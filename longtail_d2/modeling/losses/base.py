@@ -1,0 +1,75 @@
+"""The interface between a classification loss and the box predictor.
+
+A loss declares how many logits it needs per RoI (C, C+1 or C+2) and how they turn into test
+scores, so the predictor never guesses the layout (the C vs C+1 vs C+2 confusion is the most
+reported integration bug of the long-tail forks). Scores are always (R, C+1), background last,
+as detectron2's ``fast_rcnn_inference`` expects.
+"""
+
+from typing import Dict
+
+import torch
+from torch import nn
+
+__all__ = ["ClassificationLoss", "check_logits", "append_background", "one_hot_targets"]
+
+
+def check_logits(logits: torch.Tensor, gt_classes: torch.Tensor, width: int, name: str):
+    """Readable errors for the wrong logit width or mismatched label count."""
+    if logits.dim() != 2 or logits.shape[1] != width:
+        raise ValueError(
+            f"{name}: expected logits of shape (R, {width}), got {tuple(logits.shape)}"
+        )
+    if gt_classes.shape != logits.shape[:1]:
+        raise ValueError(
+            f"{name}: gt_classes has shape {tuple(gt_classes.shape)}, logits {tuple(logits.shape)}"
+        )
+
+
+def append_background(probs: torch.Tensor) -> torch.Tensor:
+    """(R, C) class probabilities -> (R, C + 1) with a zero background column."""
+    return torch.cat([probs, probs.new_zeros(probs.shape[0], 1)], dim=1)
+
+
+def one_hot_targets(gt_classes: torch.Tensor, num_columns: int, dtype=torch.float32):
+    """(R,) labels in [0, C] -> (R, num_columns) float one-hot. With num_columns = C a
+    background row (label C) is all zero; with C + 1 its last column is one."""
+    target = torch.zeros(
+        gt_classes.shape[0], num_columns + 1, dtype=dtype, device=gt_classes.device
+    )
+    target.scatter_(1, gt_classes.clamp(max=num_columns).view(-1, 1), 1)
+    return target[:, :num_columns]
+
+
+class ClassificationLoss(nn.Module):
+    """
+    Base of the losses in LONGTAIL_LOSS_REGISTRY. Subclasses set ``extra_logits`` (logits per
+    RoI beyond the C classes: 0, 1 or 2) and ``uses_prior_prob`` (initialise the classifier bias
+    to -log((1 - pi) / pi), as the sigmoid losses do), and implement ``forward`` and ``scores``.
+    Statistics they keep are buffers: they follow the device and are checkpointed.
+    """
+
+    extra_logits: int = 1
+    uses_prior_prob: bool = False
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+
+    @property
+    def num_logits(self) -> int:
+        return self.num_classes + self.extra_logits
+
+    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            logits: (R, num_logits) classifier outputs (the predictor passes fp32).
+            gt_classes: (R,) int64 in [0, C], C = background.
+        Returns:
+            dict of scalar losses, usually {"loss_cls": ...}.
+        """
+        raise NotImplementedError
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """(R, num_logits) logits -> (R, C + 1) test scores, background last."""
+        raise NotImplementedError

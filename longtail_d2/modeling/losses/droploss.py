@@ -1,0 +1,85 @@
+"""DropLoss (Hsieh et al., "DropLoss for Long-Tail Instance Segmentation", AAAI 2021;
+reference implementation timy90022/DropLoss).
+
+EQL on foreground RoIs; on background RoIs the negative term of a tail class is dropped with
+probability 1 - rho, rho = fraction of foreground RoIs whose class is tail, drawn independently
+per (RoI, class). The official code computes rho per GPU; the module here computes it over the
+global batch (all ranks), so results do not depend on the number of GPUs.
+"""
+
+from typing import Optional
+
+import torch
+from detectron2.config import configurable
+
+from ..distributed import all_reduce_sum
+from .base import ClassificationLoss, check_logits, one_hot_targets
+from .eql import eql_weights
+from .registry import LONGTAIL_LOSS_REGISTRY, tail_mask, training_statistics
+from .sigmoid_ce import sigmoid_scores, weighted_bce
+
+__all__ = ["drop_loss", "tail_ratio_counts", "DropLoss"]
+
+
+def tail_ratio_counts(gt_classes: torch.Tensor, tail_mask: torch.Tensor) -> torch.Tensor:
+    """(2,) float: [#foreground RoIs of a tail class, #foreground RoIs] of this batch."""
+    fg = gt_classes < tail_mask.shape[0]
+    num_tail = tail_mask[gt_classes[fg]].sum()
+    return torch.stack([num_tail, fg.sum()]).to(torch.float32)
+
+
+def drop_loss(
+    logits: torch.Tensor,
+    gt_classes: torch.Tensor,
+    tail_mask: torch.Tensor,
+    ratio: Optional[float] = None,
+):
+    """
+    Args:
+        logits: (R, C).
+        gt_classes: (R,) int64 in [0, C], C = background.
+        tail_mask: (C,) bool, T_j.
+        ratio: rho; default: computed from this batch. With no foreground RoI rho is taken as
+            1 (every background negative kept), as the official code's NaN comparison does.
+    Returns:
+        scalar loss. The Bernoulli mask is drawn from torch's global generator.
+    """
+    num_classes = logits.shape[1]
+    check_logits(logits, gt_classes, num_classes, "drop_loss")
+    if ratio is None:
+        num_tail, num_fg = tail_ratio_counts(gt_classes, tail_mask).tolist()
+        ratio = num_tail / num_fg if num_fg > 0 else 1.0
+    targets = one_hot_targets(gt_classes, num_classes, logits.dtype)
+    tail = tail_mask.to(logits.dtype)[None, :]
+    is_fg = (gt_classes < num_classes)[:, None]
+    # Background rows: drop a tail negative where U > rho, i.e. with probability 1 - rho.
+    keep_draw = torch.rand(logits.shape, device=logits.device) > ratio
+    dropped = torch.where(is_fg, tail.expand_as(logits), tail * keep_draw.to(logits.dtype))
+    return weighted_bce(logits, targets, eql_weights(targets, dropped))
+
+
+@LONGTAIL_LOSS_REGISTRY.register()
+class DropLoss(ClassificationLoss):
+    """Logits (R, C); scores sigma(z) plus a zero background column. Buffer: the tail set."""
+
+    extra_logits = 0
+    uses_prior_prob = True
+
+    @configurable
+    def __init__(self, num_classes: int, tail_mask: torch.Tensor):
+        super().__init__(num_classes)
+        assert tail_mask.shape == (num_classes,), tail_mask.shape
+        self.register_buffer("tail_mask", tail_mask.clone())
+
+    @classmethod
+    def from_config(cls, cfg):
+        stats = training_statistics(cfg)
+        return {"num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES, "tail_mask": tail_mask(cfg, stats)}
+
+    def forward(self, logits, gt_classes):
+        num_tail, num_fg = all_reduce_sum(tail_ratio_counts(gt_classes, self.tail_mask)).tolist()
+        ratio = num_tail / num_fg if num_fg > 0 else 1.0
+        return {"loss_cls": drop_loss(logits, gt_classes, self.tail_mask, ratio)}
+
+    def scores(self, logits):
+        return sigmoid_scores(logits)

@@ -1,0 +1,63 @@
+"""Equalization Loss (Tan et al., "Equalization Loss for Long-Tailed Object Recognition",
+CVPR 2020; reference implementation tztztztztz/eql.detectron2).
+
+On a foreground RoI the negative terms of tail classes are dropped, so frequent classes stop
+suppressing the rare ones: w_rj = 1 - E_r T_j (1 - Y_rj), L = (1/R) sum_rj w_rj BCE(z_rj, Y_rj).
+Background RoIs keep every term.
+"""
+
+import torch
+from detectron2.config import configurable
+
+from .base import ClassificationLoss, check_logits, one_hot_targets
+from .registry import LONGTAIL_LOSS_REGISTRY, tail_mask, training_statistics
+from .sigmoid_ce import sigmoid_scores, weighted_bce
+
+__all__ = ["eql_loss", "EQLLoss"]
+
+
+def eql_weights(targets, dropped):
+    """w = 1 - dropped * (1 - Y): ``dropped`` (R, C) marks the negatives to drop."""
+    return 1.0 - dropped * (1.0 - targets)
+
+
+def eql_loss(logits: torch.Tensor, gt_classes: torch.Tensor, tail_mask: torch.Tensor):
+    """
+    Args:
+        logits: (R, C).
+        gt_classes: (R,) int64 in [0, C], C = background.
+        tail_mask: (C,) bool, T_j.
+    Returns:
+        scalar loss.
+    """
+    num_classes = logits.shape[1]
+    check_logits(logits, gt_classes, num_classes, "eql_loss")
+    targets = one_hot_targets(gt_classes, num_classes, logits.dtype)
+    is_fg = (gt_classes < num_classes).to(logits.dtype)
+    dropped = is_fg[:, None] * tail_mask.to(logits.dtype)[None, :]
+    return weighted_bce(logits, targets, eql_weights(targets, dropped))
+
+
+@LONGTAIL_LOSS_REGISTRY.register()
+class EQLLoss(ClassificationLoss):
+    """Logits (R, C); scores sigma(z) plus a zero background column. Buffer: the tail set."""
+
+    extra_logits = 0
+    uses_prior_prob = True
+
+    @configurable
+    def __init__(self, num_classes: int, tail_mask: torch.Tensor):
+        super().__init__(num_classes)
+        assert tail_mask.shape == (num_classes,), tail_mask.shape
+        self.register_buffer("tail_mask", tail_mask.clone())
+
+    @classmethod
+    def from_config(cls, cfg):
+        stats = training_statistics(cfg)
+        return {"num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES, "tail_mask": tail_mask(cfg, stats)}
+
+    def forward(self, logits, gt_classes):
+        return {"loss_cls": eql_loss(logits, gt_classes, self.tail_mask)}
+
+    def scores(self, logits):
+        return sigmoid_scores(logits)

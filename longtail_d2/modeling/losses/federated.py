@@ -1,0 +1,68 @@
+"""The federated loss (Zhou et al., "Probabilistic two-stage detection", arXiv 2103.07461,
+appendix; detectron2's ``USE_FED_LOSS``).
+
+Sigmoid BCE restricted to a class subset F per iteration: the classes of the sampled RoIs plus
+negatives drawn with probability proportional to image_count^power until |F| reaches
+FED_LOSS_NUM_CLASSES. detectron2 reads image counts from LVIS v1 metadata only; here they come
+from the class statistics of DATASETS.TRAIN, so LVIS v0.5 and custom datasets work too.
+"""
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+
+from .base import ClassificationLoss, check_logits, one_hot_targets
+from .registry import LONGTAIL_LOSS_REGISTRY, training_statistics
+from .sigmoid_ce import sigmoid_scores, weighted_bce
+
+__all__ = ["FederatedLoss"]
+
+
+@LONGTAIL_LOSS_REGISTRY.register()
+class FederatedLoss(ClassificationLoss):
+    """
+    Logits (R, C + 1) as in detectron2 (the last one unused); scores sigma(z) of the C classes
+    plus a zero background column. Buffer: fed_loss_cls_weights (C,) = image_count^power.
+    """
+
+    extra_logits = 1
+    # detectron2's sampling of F, reused as is (it reads no other attribute of the predictor).
+    get_fed_loss_classes = FastRCNNOutputLayers.get_fed_loss_classes
+
+    @configurable
+    def __init__(self, num_classes: int, class_weights: torch.Tensor, num_fed_classes: int = 50):
+        super().__init__(num_classes)
+        assert class_weights.shape == (num_classes,), class_weights.shape
+        self.num_fed_classes = num_fed_classes
+        self.register_buffer("fed_loss_cls_weights", class_weights.clone().float())
+
+    @classmethod
+    def from_config(cls, cfg):
+        num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        stats = training_statistics(cfg)
+        counts = (
+            torch.as_tensor(stats.image_count, dtype=torch.float32)
+            if stats is not None
+            else torch.ones(num_classes)
+        )
+        return {
+            "num_classes": num_classes,
+            "class_weights": counts.pow(cfg.MODEL.ROI_BOX_HEAD.FED_LOSS_FREQ_WEIGHT_POWER),
+            "num_fed_classes": cfg.MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES,
+        }
+
+    def forward(self, logits, gt_classes):
+        check_logits(logits, gt_classes, self.num_logits, "FederatedLoss")
+        C = self.num_classes
+        if logits.shape[0] == 0:
+            return {"loss_cls": logits.sum() * 0.0}
+        fed_classes = self.get_fed_loss_classes(
+            gt_classes, self.num_fed_classes, C, self.fed_loss_cls_weights
+        )
+        mask = logits.new_zeros(C + 1)
+        mask[fed_classes] = 1
+        targets = one_hot_targets(gt_classes, C, logits.dtype)
+        return {"loss_cls": weighted_bce(logits[:, :C], targets, mask[None, :C])}
+
+    def scores(self, logits):
+        return sigmoid_scores(logits[:, : self.num_classes])

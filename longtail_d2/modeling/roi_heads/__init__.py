@@ -1,0 +1,4 @@
+from .mask_head import NormedMaskRCNNConvUpsampleHead
+from .normed_layers import NormedConv2d, NormedLinear
+from .predictor import LongTailOutputLayers
+from .roi_heads import LongTailCascadeROIHeads, LongTailROIHeads
