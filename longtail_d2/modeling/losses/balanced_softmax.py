@@ -39,7 +39,7 @@ def balanced_sigmoid_loss(
     Returns:
         (1/R) sum_rj BCE(z'_rj, Y_rj).
     """
-    num_classes = logits.shape[1]
+    num_classes = class_freq.numel()
     check_logits(logits, gt_classes, num_classes, "balanced_sigmoid_loss")
     targets = one_hot_targets(gt_classes, num_classes, logits.dtype)
     return weighted_bce(balanced_logits(logits, gt_classes, class_freq), targets)
@@ -71,7 +71,7 @@ class BalancedSoftmaxLoss(ClassificationLoss):
         )
         return {"num_classes": num_classes, "class_freq": freq}
 
-    def forward(self, logits, gt_classes):
+    def losses(self, logits, gt_classes):
         return {"loss_cls": balanced_sigmoid_loss(logits, gt_classes, self.class_freq)}
 
     def scores(self, logits):

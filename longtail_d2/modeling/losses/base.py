@@ -45,7 +45,7 @@ class ClassificationLoss(nn.Module):
     """
     Base of the losses in LONGTAIL_LOSS_REGISTRY. Subclasses set ``extra_logits`` (logits per
     RoI beyond the C classes: 0, 1 or 2) and ``uses_prior_prob`` (initialise the classifier bias
-    to -log((1 - pi) / pi), as the sigmoid losses do), and implement ``forward`` and ``scores``.
+    to -log((1 - pi) / pi), as the sigmoid losses do), and implement ``losses`` and ``scores``.
     Statistics they keep are buffers: they follow the device and are checkpointed.
     """
 
@@ -68,6 +68,11 @@ class ClassificationLoss(nn.Module):
         Returns:
             dict of scalar losses, usually {"loss_cls": ...}.
         """
+        check_logits(logits, gt_classes, self.num_logits, type(self).__name__)
+        return self.losses(logits, gt_classes)
+
+    def losses(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """``forward`` after the shape check; implemented by each loss."""
         raise NotImplementedError
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,7 @@ def drop_loss(
     Returns:
         scalar loss. The Bernoulli mask is drawn from torch's global generator.
     """
-    num_classes = logits.shape[1]
+    num_classes = tail_mask.numel()
     check_logits(logits, gt_classes, num_classes, "drop_loss")
     if ratio is None:
         num_tail, num_fg = tail_ratio_counts(gt_classes, tail_mask).tolist()
@@ -76,7 +76,7 @@ class DropLoss(ClassificationLoss):
         stats = training_statistics(cfg)
         return {"num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES, "tail_mask": tail_mask(cfg, stats)}
 
-    def forward(self, logits, gt_classes):
+    def losses(self, logits, gt_classes):
         num_tail, num_fg = all_reduce_sum(tail_ratio_counts(gt_classes, self.tail_mask)).tolist()
         ratio = num_tail / num_fg if num_fg > 0 else 1.0
         return {"loss_cls": drop_loss(logits, gt_classes, self.tail_mask, ratio)}

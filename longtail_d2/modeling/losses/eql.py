@@ -30,7 +30,7 @@ def eql_loss(logits: torch.Tensor, gt_classes: torch.Tensor, tail_mask: torch.Te
     Returns:
         scalar loss.
     """
-    num_classes = logits.shape[1]
+    num_classes = tail_mask.numel()
     check_logits(logits, gt_classes, num_classes, "eql_loss")
     targets = one_hot_targets(gt_classes, num_classes, logits.dtype)
     is_fg = (gt_classes < num_classes).to(logits.dtype)
@@ -56,7 +56,7 @@ class EQLLoss(ClassificationLoss):
         stats = training_statistics(cfg)
         return {"num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES, "tail_mask": tail_mask(cfg, stats)}
 
-    def forward(self, logits, gt_classes):
+    def losses(self, logits, gt_classes):
         return {"loss_cls": eql_loss(logits, gt_classes, self.tail_mask)}
 
     def scores(self, logits):

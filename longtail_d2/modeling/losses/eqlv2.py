@@ -54,7 +54,7 @@ def eqlv2_loss(
         pos_grad_increment, neg_grad_increment: (C,) sum_r |sigma(z) - Y| Y W and
             sum_r |sigma(z) - Y| (1 - Y) W over this batch (no gradient).
     """
-    num_classes = logits.shape[1] - 1
+    num_classes = pos_grad.numel()
     check_logits(logits, gt_classes, num_classes + 1, "eqlv2_loss")
     targets = one_hot_targets(gt_classes, num_classes + 1, logits.dtype)
     pos_w, neg_w = eqlv2_class_weights(
@@ -98,7 +98,7 @@ class EQLv2Loss(ClassificationLoss):
             "alpha": c.ALPHA,
         }
 
-    def forward(self, logits, gt_classes):
+    def losses(self, logits, gt_classes):
         loss, pos_inc, neg_inc = eqlv2_loss(
             logits, gt_classes, self.pos_grad, self.neg_grad, self.gamma, self.mu, self.alpha
         )

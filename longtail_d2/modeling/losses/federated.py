@@ -11,7 +11,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 
-from .base import ClassificationLoss, check_logits, one_hot_targets
+from .base import ClassificationLoss, one_hot_targets
 from .registry import LONGTAIL_LOSS_REGISTRY, training_statistics
 from .sigmoid_ce import sigmoid_scores, weighted_bce
 
@@ -51,14 +51,19 @@ class FederatedLoss(ClassificationLoss):
             "num_fed_classes": cfg.MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES,
         }
 
-    def forward(self, logits, gt_classes):
-        check_logits(logits, gt_classes, self.num_logits, "FederatedLoss")
+    def losses(self, logits, gt_classes):
         C = self.num_classes
         if logits.shape[0] == 0:
             return {"loss_cls": logits.sum() * 0.0}
-        fed_classes = self.get_fed_loss_classes(
-            gt_classes, self.num_fed_classes, C, self.fed_loss_cls_weights
+        # detectron2's sampler draws without replacement: never ask it for more classes than
+        # have a non-zero weight outside those present.
+        present = torch.unique(gt_classes)
+        present_fg = present[present < C]
+        available = int((self.fed_loss_cls_weights > 0).sum()) - int(
+            (self.fed_loss_cls_weights[present_fg] > 0).sum()
         )
+        num_fed = min(self.num_fed_classes, len(present) + available)
+        fed_classes = self.get_fed_loss_classes(gt_classes, num_fed, C, self.fed_loss_cls_weights)
         mask = logits.new_zeros(C + 1)
         mask[fed_classes] = 1
         targets = one_hot_targets(gt_classes, C, logits.dtype)

@@ -40,7 +40,7 @@ def seesaw_loss(
             C_ij = (s_j / max(s_i, eps))^q if s_j > s_i else 1, s = softmax(z) (detached).
         loss_objectness: (1/R) sum_r CE(o_r, 0 if foreground else 1).
     """
-    num_classes = logits.shape[1] - 2
+    num_classes = cum_samples.numel()
     check_logits(logits, gt_classes, num_classes + 2, "seesaw_loss")
     num_rois = max(logits.shape[0], 1)
     is_fg = gt_classes < num_classes
@@ -80,7 +80,7 @@ class SeesawLoss(ClassificationLoss):
         c = cfg.MODEL.ROI_BOX_HEAD.SEESAW
         return {"num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES, "p": c.P, "q": c.Q, "eps": c.EPS}
 
-    def forward(self, logits, gt_classes):
+    def losses(self, logits, gt_classes):
         if self.training:
             counts = torch.bincount(gt_classes, minlength=self.num_classes + 1)[: self.num_classes]
             self.cum_samples += all_reduce_sum(counts.to(self.cum_samples.dtype))

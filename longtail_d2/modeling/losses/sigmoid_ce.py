@@ -53,8 +53,7 @@ class SigmoidCELoss(ClassificationLoss):
     def from_config(cls, cfg):
         return {"num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES}
 
-    def forward(self, logits, gt_classes):
-        check_logits(logits, gt_classes, self.num_logits, "SigmoidCELoss")
+    def losses(self, logits, gt_classes):
         return {"loss_cls": sigmoid_ce_loss(logits, gt_classes)}
 
     def scores(self, logits):

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 
-from .base import ClassificationLoss, check_logits
+from .base import ClassificationLoss
 from .registry import LONGTAIL_LOSS_REGISTRY
 
 __all__ = ["SoftmaxCELoss"]
@@ -24,8 +24,7 @@ class SoftmaxCELoss(ClassificationLoss):
     def from_config(cls, cfg):
         return {"num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES}
 
-    def forward(self, logits, gt_classes):
-        check_logits(logits, gt_classes, self.num_logits, "SoftmaxCELoss")
+    def losses(self, logits, gt_classes):
         if logits.numel() == 0:
             return {"loss_cls": logits.sum() * 0.0}
         return {"loss_cls": F.cross_entropy(logits, gt_classes)}

@@ -1,7 +1,6 @@
 """Cosine ("normalised") classifier and 1x1 mask predictor of Seesaw Loss (Wang et al.,
 CVPR 2021; mmdetection's NormedLinear / NormedConv2d): logits = tau * cos(x, w) + b."""
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
