@@ -78,8 +78,9 @@ class DropLoss(ClassificationLoss):
 
     def losses(self, logits, gt_classes):
         num_tail, num_fg = all_reduce_sum(tail_ratio_counts(gt_classes, self.tail_mask)).tolist()
-        ratio = num_tail / num_fg if num_fg > 0 else 1.0
-        return {"loss_cls": drop_loss(logits, gt_classes, self.tail_mask, ratio)}
+        # rho of the global batch; kept for inspection (it is not state: recomputed every step).
+        self.last_ratio = num_tail / num_fg if num_fg > 0 else 1.0
+        return {"loss_cls": drop_loss(logits, gt_classes, self.tail_mask, self.last_ratio)}
 
     def scores(self, logits):
         return sigmoid_scores(logits)
