@@ -1,0 +1,143 @@
+"""Every loss through the real detector (tiny config, CPU): training step, inference, buffers
+in checkpoints; the cascade heads, cosine classifier and normalised mask head."""
+import logging
+
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog, DatasetMapper
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from longtail_d2.engine import load_config, prepare_run
+from longtail_d2.modeling import LongTailOutputLayers
+from longtail_d2.modeling.losses import LONGTAIL_LOSS_REGISTRY
+from longtail_d2.modeling.losses.registry import tail_mask, training_statistics
+from tests.conftest import INSTANT
+
+LOSSES = sorted(name for name, _ in LONGTAIL_LOSS_REGISTRY)
+
+
+def _cfg(*opts):
+    return prepare_run(
+        INSTANT, ["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.NAME", "LongTailROIHeads", *opts]
+    )
+
+
+@pytest.fixture(scope="module")
+def batches(datasets_root):
+    cfg = _cfg()
+    dicts = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[:2]
+    train = [DatasetMapper(cfg, is_train=True)(d) for d in dicts]
+    test = [DatasetMapper(cfg, is_train=False)(d) for d in dicts]
+    return train, test
+
+
+def _train_and_infer(cfg, batches):
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    with EventStorage():
+        losses = model(batches[0])
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        outputs = model(batches[1])
+    for out in outputs:
+        inst = out["instances"]
+        assert torch.all((inst.scores >= 0) & (inst.scores <= 1))
+        assert torch.all(inst.pred_classes < cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        assert inst.pred_masks.shape[1:] == batches[1][0]["image"].shape[1:]
+    return model, losses
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_each_loss_trains_and_infers(loss, batches):
+    cfg = _cfg("MODEL.ROI_BOX_HEAD.CLS_LOSS", loss, "MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES", "6")
+    model, losses = _train_and_infer(cfg, batches)
+    predictor = model.roi_heads.box_predictor
+    assert isinstance(predictor, LongTailOutputLayers)
+    assert predictor.cls_score.out_features == predictor.cls_loss.num_logits
+    assert predictor.cls_score.weight.grad.abs().sum() > 0
+    if predictor.cls_loss.uses_prior_prob:  # bias -log((1 - pi) / pi), pi = 0.001
+        assert predictor.cls_score.bias[0].item() == pytest.approx(-6.9068, abs=1e-3)
+    expected = {"loss_cls_classes", "loss_cls_objectness"} if loss == "SeesawLoss" else {"loss_cls"}
+    assert expected | {"loss_box_reg", "loss_mask"} <= set(losses)
+
+
+def test_cascade_normed_classifier_and_mask_head(batches, tmp_path):
+    cfg = _cfg(
+        "MODEL.ROI_HEADS.NAME", "LongTailCascadeROIHeads",
+        "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True",
+        "MODEL.ROI_BOX_HEAD.CLS_LOSS", "EQLv2Loss",
+        "MODEL.ROI_BOX_HEAD.NORMED_CLASSIFIER.ENABLED", "True",
+        "MODEL.ROI_MASK_HEAD.NAME", "NormedMaskRCNNConvUpsampleHead",
+    )
+    model, losses = _train_and_infer(cfg, batches)
+    assert {f"loss_cls_stage{i}" for i in range(3)} <= set(losses)
+    stages = [p.cls_loss for p in model.roi_heads.box_predictor]
+    assert len({id(s) for s in stages}) == 3  # statistics per stage
+    assert all(s.neg_grad.sum() > 0 for s in stages)
+    assert type(model.roi_heads.mask_head.predictor).__name__ == "NormedConv2d"
+    assert type(model.roi_heads.box_predictor[0].cls_score).__name__ == "NormedLinear"
+    # The statistics are in the checkpoint and come back with it (what --resume relies on).
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model")
+    fresh = build_model(cfg)
+    assert fresh.roi_heads.box_predictor[0].cls_loss.neg_grad.sum() == 0
+    DetectionCheckpointer(fresh).load(str(tmp_path / "model.pth"))
+    for a, b in zip(stages, [p.cls_loss for p in fresh.roi_heads.box_predictor]):
+        assert torch.equal(a.pos_grad, b.pos_grad) and torch.equal(a.neg_grad, b.neg_grad)
+
+
+def test_seesaw_counts_survive_checkpoint(batches, tmp_path):
+    cfg = _cfg("MODEL.ROI_BOX_HEAD.CLS_LOSS", "SeesawLoss")
+    model, _ = _train_and_infer(cfg, batches)
+    counts = model.roi_heads.box_predictor.cls_loss.cum_samples
+    assert counts.sum() > 0
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model")
+    fresh = build_model(cfg)
+    DetectionCheckpointer(fresh).load(str(tmp_path / "model.pth"))
+    assert torch.equal(fresh.roi_heads.box_predictor.cls_loss.cum_samples, counts)
+
+
+def test_losses_are_fp32_under_reduced_precision():
+    cfg = _cfg("MODEL.ROI_BOX_HEAD.CLS_LOSS", "SeesawLoss")
+    predictor = LongTailOutputLayers(cfg, build_model(cfg).roi_heads.box_head.output_shape)
+    proposals = Instances((64, 64))
+    proposals.proposal_boxes = Boxes(torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20]]))
+    proposals.gt_boxes = Boxes(torch.tensor([[1.0, 1, 10, 10], [5, 5, 21, 20]]))
+    proposals.gt_classes = torch.tensor([3, 12])
+    scores = torch.randn(2, predictor.cls_loss.num_logits).bfloat16()
+    deltas = torch.randn(2, 12 * 4).bfloat16()
+    with EventStorage():
+        losses = predictor.losses((scores, deltas), [proposals])
+    assert all(v.dtype == torch.float32 for v in losses.values())
+
+
+def test_tail_set_from_groups_or_lambda(datasets_root, caplog):
+    cfg = _cfg()
+    stats = training_statistics(cfg)
+    by_group = tail_mask(cfg, stats)
+    assert by_group.tolist() == [g in ("r", "c") for g in stats.frequency]
+    # A lambda that also takes frequent classes: a warning names the counts.
+    cut = float(sorted(stats.image_frequency)[-1])
+    lam = load_config(INSTANT, ["MODEL.ROI_BOX_HEAD.TAIL.LAMBDA", str(cut)])
+    with caplog.at_level(logging.WARNING):
+        mask = tail_mask(lam, stats)
+    assert mask.tolist() == (stats.image_frequency < cut).tolist()
+    if "f" in stats.frequency:
+        assert "frequent" in caplog.text
+
+
+def test_num_classes_mismatch_is_an_error(datasets_root):
+    cfg = _cfg("MODEL.ROI_HEADS.NUM_CLASSES", "7", "MODEL.ROI_BOX_HEAD.CLS_LOSS", "EQLLoss")
+    with pytest.raises(ValueError, match="NUM_CLASSES is 7"):
+        build_model(cfg)
+
+
+def test_core_fed_loss_switch_is_rejected(datasets_root):
+    cfg = _cfg("MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE", "True")
+    with pytest.raises(ValueError, match="CLS_LOSS"):
+        build_model(cfg)
