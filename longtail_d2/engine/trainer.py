@@ -49,5 +49,8 @@ class LongTailTrainer(DefaultTrainer):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return LongTailLVISEvaluator(
-            dataset_name, output_folder, max_dets_per_image=cfg.TEST.LVIS_MAX_DETS_PER_IMAGE
+            dataset_name,
+            output_folder,
+            tasks=("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",),
+            max_dets_per_image=cfg.TEST.LVIS_MAX_DETS_PER_IMAGE,
         )

@@ -35,6 +35,29 @@ def top_detections_per_image(results: List[dict], max_dets: int) -> List[dict]:
     return kept
 
 
+def _no_detections(lvis_gt):
+    """What lvis-api reports without detections: 0 where a category, area range or frequency
+    group has ground truth, nan (its -1) elsewhere."""
+    with_gt = {a["category_id"] for a in lvis_gt["annotations"]}
+    per_category = {
+        c["id"]: 0.0 if c["id"] in with_gt else float("nan") for c in lvis_gt["categories"]
+    }
+    areas = [a["area"] for a in lvis_gt["annotations"]]
+    groups = {c["frequency"] for c in lvis_gt["categories"] if c["id"] in with_gt}
+    present = {
+        "AP": bool(with_gt),
+        "AP50": bool(with_gt),
+        "AP75": bool(with_gt),
+        "APs": any(a < 32**2 for a in areas),
+        "APm": any(32**2 <= a < 96**2 for a in areas),
+        "APl": any(a >= 96**2 for a in areas),
+        "APr": "r" in groups,
+        "APc": "c" in groups,
+        "APf": "f" in groups,
+    }
+    return {k: 0.0 if present[k] else float("nan") for k in LVIS_METRICS}, per_category
+
+
 def evaluate_lvis(
     lvis_gt: dict, results: List[dict], iou_type: str, max_dets: int = 300
 ) -> Tuple[Dict[str, float], Dict[int, float]]:
@@ -52,11 +75,9 @@ def evaluate_lvis(
         per_category_ap: {category id: AP in percent, nan if the category has no ground truth}.
     """
     assert iou_type in ("bbox", "segm"), iou_type
-    metrics_nan = {k: float("nan") for k in LVIS_METRICS}
-    cat_ids = sorted(c["id"] for c in lvis_gt["categories"])
     if len(results) == 0:
-        logger.warning("No detections to evaluate")
-        return metrics_nan, {c: float("nan") for c in cat_ids}
+        logger.warning("No detections to evaluate: AP is 0 wherever there is ground truth")
+        return _no_detections(lvis_gt)
     # Boxes and masks are scored separately: the other field must not set a detection's area.
     drop = "segmentation" if iou_type == "bbox" else "bbox"
     results = [{k: v for k, v in r.items() if k != drop} for r in results]

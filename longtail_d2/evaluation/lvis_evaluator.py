@@ -23,14 +23,24 @@ __all__ = ["LongTailLVISEvaluator"]
 
 
 class LongTailLVISEvaluator(DatasetEvaluator):
-    def __init__(self, dataset_name, output_dir=None, *, max_dets_per_image=300, distributed=True):
+    def __init__(
+        self,
+        dataset_name,
+        output_dir=None,
+        *,
+        tasks=("bbox", "segm"),
+        max_dets_per_image=300,
+        distributed=True,
+    ):
         """
         Args:
             dataset_name: a registered dataset whose metadata has ``json_file`` (LVIS format,
                 or any format longtail_d2 registered).
             output_dir: where metrics.json, per_category_ap.json and the plot go; None = nowhere.
+            tasks: "bbox" and / or "segm".
             max_dets_per_image: detections per image kept by the protocol (LVIS: 300).
         """
+        self._tasks = tuple(tasks)
         self._dataset_name = dataset_name
         self._metadata = MetadataCatalog.get(dataset_name)
         self._output_dir = output_dir
@@ -64,7 +74,7 @@ class LongTailLVISEvaluator(DatasetEvaluator):
             predictions = self._predictions
         results = self._to_dataset_ids(copy.deepcopy(predictions))
         lvis_gt = lvis_ground_truth(self._dataset_name)
-        tasks = ("bbox", "segm") if any("segmentation" in r for r in results) else ("bbox",)
+        tasks = self._tasks
 
         out = OrderedDict()
         per_category = {}

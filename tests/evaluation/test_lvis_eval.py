@@ -171,6 +171,9 @@ def test_top_300_per_image_across_categories():
 
 
 def test_no_detections():
+    # One small (20 x 20 < 32 x 32) box of a frequent category: AP 0 where there is ground truth.
     gt, _ = _one_image_case()
     metrics, per_cat = evaluate_lvis(gt, [], "segm")
-    assert all(math.isnan(v) for v in metrics.values())
+    assert metrics["AP"] == 0.0 and metrics["APs"] == 0.0 and metrics["APf"] == 0.0
+    assert math.isnan(metrics["APm"]) and math.isnan(metrics["APr"])
+    assert per_cat[1] == 0.0 and math.isnan(per_cat[2])

@@ -1,5 +1,6 @@
 """Two gloo processes, each with half of the batch, keep the same statistics as one process
 with the whole batch (the official Seesaw and DropLoss code would not)."""
+
 import os
 
 import torch
@@ -36,8 +37,11 @@ def run(modules, parts):
 
 
 def new_modules():
-    mods = {"eqlv2": EQLv2Loss(num_classes=C), "seesaw": SeesawLoss(num_classes=C),
-            "drop": DropLoss(num_classes=C, tail_mask=TAIL)}
+    mods = {
+        "eqlv2": EQLv2Loss(num_classes=C),
+        "seesaw": SeesawLoss(num_classes=C),
+        "drop": DropLoss(num_classes=C, tail_mask=TAIL),
+    }
     for m in mods.values():
         m.train()
     return mods
@@ -55,8 +59,9 @@ def _worker(rank, init_file, out_file):
 
 def test_two_processes_equal_one(tmp_path):
     out_file = str(tmp_path / "ddp.pth")
-    mp.start_processes(_worker, args=(str(tmp_path / "init"), out_file), nprocs=2,
-                       start_method="spawn")
+    mp.start_processes(
+        _worker, args=(str(tmp_path / "init"), out_file), nprocs=2, start_method="spawn"
+    )
     ddp_state, ddp_ratios = torch.load(out_file)
     state, ratios = run(new_modules(), batches())
     assert ratios == ddp_ratios

@@ -1,5 +1,6 @@
 """Every loss through the real detector (tiny config, CPU): training step, inference, buffers
 in checkpoints; the cascade heads, cosine classifier and normalised mask head."""
+
 import logging
 
 import pytest
@@ -69,11 +70,16 @@ def test_each_loss_trains_and_infers(loss, batches):
 
 def test_cascade_normed_classifier_and_mask_head(batches, tmp_path):
     cfg = _cfg(
-        "MODEL.ROI_HEADS.NAME", "LongTailCascadeROIHeads",
-        "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True",
-        "MODEL.ROI_BOX_HEAD.CLS_LOSS", "EQLv2Loss",
-        "MODEL.ROI_BOX_HEAD.NORMED_CLASSIFIER.ENABLED", "True",
-        "MODEL.ROI_MASK_HEAD.NAME", "NormedMaskRCNNConvUpsampleHead",
+        "MODEL.ROI_HEADS.NAME",
+        "LongTailCascadeROIHeads",
+        "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG",
+        "True",
+        "MODEL.ROI_BOX_HEAD.CLS_LOSS",
+        "EQLv2Loss",
+        "MODEL.ROI_BOX_HEAD.NORMED_CLASSIFIER.ENABLED",
+        "True",
+        "MODEL.ROI_MASK_HEAD.NAME",
+        "NormedMaskRCNNConvUpsampleHead",
     )
     model, losses = _train_and_infer(cfg, batches)
     assert {f"loss_cls_stage{i}" for i in range(3)} <= set(losses)

@@ -1,0 +1,159 @@
+#!/usr/bin/env python
+"""
+Speed of the classification losses (not a test; prints tables).
+
+1. Forward + backward of each loss at LVIS scale (default 1024 RoIs x 1203 classes) against
+   plain softmax cross-entropy. Target: at most 2x.
+2. One training iteration of the tiny config per method against the softmax baseline.
+   Target: at most 3% slower.
+
+    python benchmarks/bench_losses.py [--rois 1024] [--classes 1203] [--iters 20] [--train-iters 30]
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+from tabulate import tabulate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from longtail_d2.modeling.losses import (  # noqa: E402
+    BalancedSoftmaxLoss,
+    DropLoss,
+    EQLLoss,
+    EQLv2Loss,
+    FederatedLoss,
+    SeesawLoss,
+    SigmoidCELoss,
+    SoftmaxCELoss,
+)
+
+METHOD_CONFIGS = {
+    "SoftmaxCELoss": None,
+    "SigmoidCELoss": None,
+    "EQLLoss": "projects/EQL/configs/eql_mask_rcnn_R_18_FPN_instant.yaml",
+    "DropLoss": "projects/DropLoss/configs/droploss_mask_rcnn_R_18_FPN_instant.yaml",
+    "EQLv2Loss": "projects/EQLv2/configs/eqlv2_mask_rcnn_R_18_FPN_instant.yaml",
+    "SeesawLoss": "projects/Seesaw/configs/seesaw_mask_rcnn_R_18_FPN_instant.yaml",
+    "BalancedSoftmaxLoss": "projects/BalancedSoftmax/configs/balanced_softmax_mask_rcnn_R_18_FPN_instant.yaml",
+    "FederatedLoss": "projects/Federated/configs/federated_mask_rcnn_R_18_FPN_instant.yaml",
+}
+
+
+def loss_modules(C):
+    tail = torch.rand(C) < 0.75
+    freq = torch.rand(C).clamp(min=1e-4)
+    return {
+        "SoftmaxCELoss": SoftmaxCELoss(num_classes=C),
+        "SigmoidCELoss": SigmoidCELoss(num_classes=C),
+        "EQLLoss": EQLLoss(num_classes=C, tail_mask=tail),
+        "DropLoss": DropLoss(num_classes=C, tail_mask=tail),
+        "EQLv2Loss": EQLv2Loss(num_classes=C),
+        "SeesawLoss": SeesawLoss(num_classes=C),
+        "BalancedSoftmaxLoss": BalancedSoftmaxLoss(num_classes=C, class_freq=freq),
+        "FederatedLoss": FederatedLoss(
+            num_classes=C, class_weights=freq * 1000, num_fed_classes=50
+        ),
+    }
+
+
+def time_loss(module, R, iters, device):
+    module.train().to(device)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(R, module.num_logits, generator=g).to(device).requires_grad_(True)
+    gt = torch.randint(0, module.num_classes + 1, (R,), generator=g).to(device)
+    gt[: R * 3 // 4] = module.num_classes  # 25% foreground, as detectron2 samples
+    times = []
+    for i in range(iters + 3):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        sum(module(logits, gt).values()).backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 3:  # warm-up
+            times.append(time.perf_counter() - t0)
+        logits.grad = None
+    return statistics.median(times)
+
+
+def bench_losses(args, device):
+    rows = []
+    base = None
+    for name, module in loss_modules(args.classes).items():
+        t = time_loss(module, args.rois, args.iters, device)
+        base = base or t
+        rows.append([name, f"{t * 1e3:.2f}", f"{t / base:.2f}x"])
+    print(
+        f"\nForward + backward, {args.rois} RoIs x {args.classes} classes, {device} "
+        f"(median of {args.iters}):"
+    )
+    print(tabulate(rows, headers=["loss", "ms", "vs softmax CE"], tablefmt="pipe"))
+
+
+def bench_training(args):
+    from detectron2.data import build_detection_train_loader
+    from detectron2.modeling import build_model
+    from detectron2.solver import build_optimizer
+    from detectron2.utils.events import EventStorage
+
+    from longtail_d2.engine import prepare_run
+
+    instant = os.path.join(REPO, "configs/Tiny/mask_rcnn_R_18_FPN_instant.yaml")
+    rows, base = [], None
+    for name, config in METHOD_CONFIGS.items():
+        opts = [
+            "MODEL.ROI_HEADS.NAME",
+            "LongTailROIHeads",
+            "MODEL.ROI_BOX_HEAD.CLS_LOSS",
+            name,
+            "MODEL.DEVICE",
+            args.device,
+        ]
+        cfg = prepare_run(
+            os.path.join(REPO, config) if config else instant,
+            opts if not config else ["MODEL.DEVICE", args.device],
+        )
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        optimizer = build_optimizer(cfg, model)
+        batches = iter(build_detection_train_loader(cfg))
+        data = [next(batches) for _ in range(4)]  # the same few batches: no loading in the timing
+        times = []
+        with EventStorage():
+            for i in range(args.train_iters + 3):
+                t0 = time.perf_counter()
+                losses = model(data[i % len(data)])
+                optimizer.zero_grad()
+                sum(losses.values()).backward()
+                optimizer.step()
+                if i >= 3:
+                    times.append(time.perf_counter() - t0)
+        t = statistics.median(times)
+        base = base or t
+        rows.append([name, f"{t * 1e3:.1f}", f"{(t / base - 1) * 100:+.1f}%"])
+    print(
+        f"\nOne training iteration of the tiny config ({cfg.SOLVER.IMS_PER_BATCH} images of "
+        f"{cfg.INPUT.MIN_SIZE_TEST} px, {args.device}, median of {args.train_iters}):"
+    )
+    print(tabulate(rows, headers=["loss", "ms / iter", "vs softmax CE"], tablefmt="pipe"))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--rois", type=int, default=1024)
+    parser.add_argument("--classes", type=int, default=1203)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--train-iters", type=int, default=30)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--skip-training", action="store_true")
+    args = parser.parse_args()
+    bench_losses(args, torch.device(args.device))
+    if not args.skip_training:
+        bench_training(args)

@@ -1,0 +1,28 @@
+"""Every method's instant-test config trains and evaluates through train_net.py."""
+
+import glob
+import os
+
+import pytest
+
+from tests.conftest import REPO, read_metrics, run_train_net
+
+INSTANT = sorted(glob.glob(os.path.join(REPO, "projects", "*", "configs", "*_instant*.yaml")))
+
+
+@pytest.mark.parametrize("config", INSTANT, ids=[os.path.basename(p) for p in INSTANT])
+def test_instant_config_trains_and_evaluates(config, tmp_path, datasets_root):
+    out = str(tmp_path / "out")
+    proc = run_train_net("--config-file", config, "SOLVER.MAX_ITER", "4", "OUTPUT_DIR", out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = read_metrics(out)
+    assert {"bbox/AP", "segm/AP", "segm/APr", "segm/APc", "segm/APf"} <= set(metrics)
+
+
+def test_every_method_has_an_instant_config_and_readme():
+    methods = {"Baseline", "EQL", "DropLoss", "EQLv2", "Seesaw", "BalancedSoftmax", "Federated"}
+    for method in methods:
+        assert os.path.isfile(os.path.join(REPO, "projects", method, "README.md")), method
+        assert glob.glob(
+            os.path.join(REPO, "projects", method, "configs", "*_instant*.yaml")
+        ), method
