@@ -39,7 +39,9 @@ METHOD_CONFIGS = {
     "DropLoss": "projects/DropLoss/configs/droploss_mask_rcnn_R_18_FPN_instant.yaml",
     "EQLv2Loss": "projects/EQLv2/configs/eqlv2_mask_rcnn_R_18_FPN_instant.yaml",
     "SeesawLoss": "projects/Seesaw/configs/seesaw_mask_rcnn_R_18_FPN_instant.yaml",
-    "BalancedSoftmaxLoss": "projects/BalancedSoftmax/configs/balanced_softmax_mask_rcnn_R_18_FPN_instant.yaml",
+    "BalancedSoftmaxLoss": (
+        "projects/BalancedSoftmax/configs/balanced_softmax_mask_rcnn_R_18_FPN_instant.yaml"
+    ),
     "FederatedLoss": "projects/Federated/configs/federated_mask_rcnn_R_18_FPN_instant.yaml",
 }
 
@@ -61,36 +63,46 @@ def loss_modules(C):
     }
 
 
-def time_loss(module, R, iters, device):
+def loss_step(module, R, device):
+    """A closure running one forward + backward of ``module`` on fixed LVIS-like inputs."""
     module.train().to(device)
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(R, module.num_logits, generator=g).to(device).requires_grad_(True)
-    gt = torch.randint(0, module.num_classes + 1, (R,), generator=g).to(device)
+    gt = torch.randint(0, module.num_classes, (R,), generator=g).to(device)
     gt[: R * 3 // 4] = module.num_classes  # 25% foreground, as detectron2 samples
-    times = []
-    for i in range(iters + 3):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        sum(module(logits, gt).values()).backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 3:  # warm-up
-            times.append(time.perf_counter() - t0)
+
+    def step():
         logits.grad = None
-    return statistics.median(times)
+        sum(module(logits, gt).values()).backward()
+
+    return step
+
+
+def interleaved_medians(steps, rounds, device):
+    """Median time of each step, measured in interleaved rounds so that machine noise (other
+    processes, frequency changes) hits every entry alike."""
+    times = {name: [] for name in steps}
+    for r in range(rounds + 3):
+        for name, step in steps.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if r >= 3:  # warm-up rounds
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def bench_losses(args, device):
-    rows = []
-    base = None
-    for name, module in loss_modules(args.classes).items():
-        t = time_loss(module, args.rois, args.iters, device)
-        base = base or t
-        rows.append([name, f"{t * 1e3:.2f}", f"{t / base:.2f}x"])
+    steps = {n: loss_step(m, args.rois, device) for n, m in loss_modules(args.classes).items()}
+    medians = interleaved_medians(steps, args.iters, device)
+    base = medians["SoftmaxCELoss"]
+    rows = [[n, f"{t * 1e3:.2f}", f"{t / base:.2f}x"] for n, t in medians.items()]
     print(
         f"\nForward + backward, {args.rois} RoIs x {args.classes} classes, {device} "
-        f"(median of {args.iters}):"
+        f"(median of {args.iters} interleaved rounds):"
     )
     print(tabulate(rows, headers=["loss", "ms", "vs softmax CE"], tablefmt="pipe"))
 
@@ -104,41 +116,39 @@ def bench_training(args):
     from longtail_d2.engine import prepare_run
 
     instant = os.path.join(REPO, "configs/Tiny/mask_rcnn_R_18_FPN_instant.yaml")
-    rows, base = [], None
+    steps = {}
     for name, config in METHOD_CONFIGS.items():
-        opts = [
-            "MODEL.ROI_HEADS.NAME",
-            "LongTailROIHeads",
-            "MODEL.ROI_BOX_HEAD.CLS_LOSS",
-            name,
-            "MODEL.DEVICE",
-            args.device,
-        ]
-        cfg = prepare_run(
-            os.path.join(REPO, config) if config else instant,
-            opts if not config else ["MODEL.DEVICE", args.device],
-        )
+        opts = ["MODEL.DEVICE", args.device]
+        if config is None:
+            opts += [
+                "MODEL.ROI_HEADS.NAME",
+                "LongTailROIHeads",
+                "MODEL.ROI_BOX_HEAD.CLS_LOSS",
+                name,
+            ]
+        cfg = prepare_run(os.path.join(REPO, config) if config else instant, opts)
         torch.manual_seed(0)
         model = build_model(cfg)
         optimizer = build_optimizer(cfg, model)
-        batches = iter(build_detection_train_loader(cfg))
-        data = [next(batches) for _ in range(4)]  # the same few batches: no loading in the timing
-        times = []
-        with EventStorage():
-            for i in range(args.train_iters + 3):
-                t0 = time.perf_counter()
-                losses = model(data[i % len(data)])
-                optimizer.zero_grad()
-                sum(losses.values()).backward()
-                optimizer.step()
-                if i >= 3:
-                    times.append(time.perf_counter() - t0)
-        t = statistics.median(times)
-        base = base or t
-        rows.append([name, f"{t * 1e3:.1f}", f"{(t / base - 1) * 100:+.1f}%"])
+        loader = iter(build_detection_train_loader(cfg))
+        data = [next(loader) for _ in range(4)]  # the same batches for every method, no loading
+
+        def step(model=model, optimizer=optimizer, data=data, count=[0]):
+            losses = model(data[count[0] % len(data)])
+            count[0] += 1
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+
+        steps[name] = step
+    with EventStorage():
+        medians = interleaved_medians(steps, args.train_iters, torch.device(args.device))
+    base = medians["SoftmaxCELoss"]
+    rows = [[n, f"{t * 1e3:.1f}", f"{(t / base - 1) * 100:+.1f}%"] for n, t in medians.items()]
     print(
         f"\nOne training iteration of the tiny config ({cfg.SOLVER.IMS_PER_BATCH} images of "
-        f"{cfg.INPUT.MIN_SIZE_TEST} px, {args.device}, median of {args.train_iters}):"
+        f"{cfg.INPUT.MIN_SIZE_TEST} px, {args.device}, median of {args.train_iters} interleaved "
+        "rounds):"
     )
     print(tabulate(rows, headers=["loss", "ms / iter", "vs softmax CE"], tablefmt="pipe"))
 

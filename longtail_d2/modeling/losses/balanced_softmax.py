@@ -25,7 +25,7 @@ def balanced_logits(logits, gt_classes, class_freq):
     pi = class_freq.to(logits.dtype).clamp(FREQ_EPS, 1 - FREQ_EPS)
     shift = torch.log(pi) - torch.log1p(-pi)
     is_fg = (gt_classes < logits.shape[1]).to(logits.dtype)
-    return logits + is_fg[:, None] * shift[None, :]
+    return torch.addr(logits, is_fg, shift)
 
 
 def balanced_sigmoid_loss(

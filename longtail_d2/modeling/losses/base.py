@@ -34,11 +34,10 @@ def append_background(probs: torch.Tensor) -> torch.Tensor:
 def one_hot_targets(gt_classes: torch.Tensor, num_columns: int, dtype=torch.float32):
     """(R,) labels in [0, C] -> (R, num_columns) float one-hot. With num_columns = C a
     background row (label C) is all zero; with C + 1 its last column is one."""
-    target = torch.zeros(
-        gt_classes.shape[0], num_columns + 1, dtype=dtype, device=gt_classes.device
-    )
-    target.scatter_(1, gt_classes.clamp(max=num_columns).view(-1, 1), 1)
-    return target[:, :num_columns]
+    target = torch.zeros(gt_classes.shape[0], num_columns, dtype=dtype, device=gt_classes.device)
+    rows = (gt_classes < num_columns).nonzero()[:, 0]
+    target[rows, gt_classes[rows]] = 1
+    return target
 
 
 class ClassificationLoss(nn.Module):

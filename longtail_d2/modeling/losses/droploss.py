@@ -14,7 +14,7 @@ from detectron2.config import configurable
 
 from ..distributed import all_reduce_sum
 from .base import ClassificationLoss, check_logits, one_hot_targets
-from .eql import eql_weights
+from .eql import keep_positives
 from .registry import LONGTAIL_LOSS_REGISTRY, tail_mask, training_statistics
 from .sigmoid_ce import sigmoid_scores, weighted_bce
 
@@ -42,7 +42,8 @@ def drop_loss(
         ratio: rho; default: computed from this batch. With no foreground RoI rho is taken as
             1 (every background negative kept), as the official code's NaN comparison does.
     Returns:
-        scalar loss. The Bernoulli mask is drawn from torch's global generator.
+        scalar loss. The Bernoulli mask is drawn from torch's global generator, one draw per
+        (background RoI, tail class).
     """
     num_classes = tail_mask.numel()
     check_logits(logits, gt_classes, num_classes, "drop_loss")
@@ -50,12 +51,16 @@ def drop_loss(
         num_tail, num_fg = tail_ratio_counts(gt_classes, tail_mask).tolist()
         ratio = num_tail / num_fg if num_fg > 0 else 1.0
     targets = one_hot_targets(gt_classes, num_classes, logits.dtype)
-    tail = tail_mask.to(logits.dtype)[None, :]
-    is_fg = (gt_classes < num_classes)[:, None]
-    # Background rows: drop a tail negative where U > rho, i.e. with probability 1 - rho.
-    keep_draw = torch.rand(logits.shape, device=logits.device) > ratio
-    dropped = torch.where(is_fg, tail.expand_as(logits), tail * keep_draw.to(logits.dtype))
-    return weighted_bce(logits, targets, eql_weights(targets, dropped))
+    is_fg = gt_classes < num_classes
+    # Foreground rows: EQL (1 - T_j off the true class).
+    weights = torch.outer(is_fg.to(logits.dtype), tail_mask.to(logits.dtype)).neg_().add_(1)
+    # Background rows: a tail negative is kept where U <= rho, i.e. dropped with probability
+    # 1 - rho. Only these (RoI, class) pairs are drawn: the RNG dominates this loss on CPU.
+    bg_rows = (~is_fg).nonzero()[:, 0]
+    tail_cols = tail_mask.nonzero()[:, 0]
+    kept = torch.rand(len(bg_rows), len(tail_cols), device=logits.device).le_(ratio)
+    weights[bg_rows[:, None], tail_cols[None, :]] = kept.to(logits.dtype)
+    return weighted_bce(logits, targets, keep_positives(weights, gt_classes))
 
 
 @LONGTAIL_LOSS_REGISTRY.register()

@@ -16,9 +16,11 @@ from .sigmoid_ce import sigmoid_scores, weighted_bce
 __all__ = ["eql_loss", "EQLLoss"]
 
 
-def eql_weights(targets, dropped):
-    """w = 1 - dropped * (1 - Y): ``dropped`` (R, C) marks the negatives to drop."""
-    return 1.0 - dropped * (1.0 - targets)
+def keep_positives(weights, gt_classes):
+    """Sets w[r, y_r] = 1 on foreground rows, in place: positive terms are never dropped."""
+    rows = (gt_classes < weights.shape[1]).nonzero()[:, 0]
+    weights[rows, gt_classes[rows]] = 1
+    return weights
 
 
 def eql_loss(logits: torch.Tensor, gt_classes: torch.Tensor, tail_mask: torch.Tensor):
@@ -34,8 +36,9 @@ def eql_loss(logits: torch.Tensor, gt_classes: torch.Tensor, tail_mask: torch.Te
     check_logits(logits, gt_classes, num_classes, "eql_loss")
     targets = one_hot_targets(gt_classes, num_classes, logits.dtype)
     is_fg = (gt_classes < num_classes).to(logits.dtype)
-    dropped = is_fg[:, None] * tail_mask.to(logits.dtype)[None, :]
-    return weighted_bce(logits, targets, eql_weights(targets, dropped))
+    # 1 - E_r T_j, then 1 again at (r, y_r). Built in place: this runs on R x C every step.
+    weights = torch.outer(is_fg, tail_mask.to(logits.dtype)).neg_().add_(1)
+    return weighted_bce(logits, targets, keep_positives(weights, gt_classes))
 
 
 @LONGTAIL_LOSS_REGISTRY.register()

@@ -62,13 +62,17 @@ def eqlv2_loss(
     )
     one = pos_w.new_ones(1)
     pos_w, neg_w = torch.cat([pos_w, one]), torch.cat([neg_w, one])
-    weights = pos_w[None, :] * targets + neg_w[None, :] * (1 - targets)
+    # W = r on every term, then q at (r, y_r): one (R, C + 1) tensor.
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    weights = neg_w.expand_as(logits).clone()
+    weights[rows, gt_classes] = pos_w[gt_classes]
     loss = weighted_bce(logits, targets, weights)
     with torch.no_grad():
-        grad = (torch.sigmoid(logits) - targets).abs() * weights
-        pos_inc = (grad * targets).sum(0)[:num_classes]
-        neg_inc = (grad * (1 - targets)).sum(0)[:num_classes]
-    return loss, pos_inc, neg_inc
+        grad = torch.sigmoid(logits).sub_(targets).abs_().mul_(weights)
+        # P_j: the positive terms (row r, class y_r); Q_j: the rest of column j.
+        pos_inc = grad.new_zeros(num_classes + 1).index_add_(0, gt_classes, grad[rows, gt_classes])
+        neg_inc = grad.sum(0) - pos_inc
+    return loss, pos_inc[:num_classes], neg_inc[:num_classes]
 
 
 @LONGTAIL_LOSS_REGISTRY.register()

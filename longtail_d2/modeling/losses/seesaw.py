@@ -48,15 +48,14 @@ def seesaw_loss(
 
     z, labels = logits[is_fg, :num_classes], gt_classes[is_fg]
     counts = cum_samples.to(z.dtype).clamp(min=1)
-    ratio = counts[None, :] / counts[labels][:, None]  # (P, C): N_j / N_i
-    mitigation = torch.where(ratio < 1, ratio.pow(p), torch.ones_like(ratio))
     with torch.no_grad():
+        # log S_ij = p log min(N_j / N_i, 1) + q log max(s_j / max(s_i, eps), 1). Both factors
+        # are exactly 1 at j = i, so the true class's logit stays as is without a mask.
+        log_s = (counts[None, :] / counts[labels][:, None]).clamp_(max=1).log_().mul_(p)
         s = torch.softmax(z, dim=1)
-        rel = s / s.gather(1, labels[:, None]).clamp(min=eps)
-        compensation = torch.where(rel > 1, rel.pow(q), torch.ones_like(rel))
-    not_label = torch.ones_like(z).scatter_(1, labels[:, None], 0)
-    adjusted = z + (mitigation * compensation).log() * not_label
-    loss_classes = F.cross_entropy(adjusted, labels, reduction="sum") / num_rois
+        rel = s.div_(s.gather(1, labels[:, None]).clamp(min=eps))
+        log_s.add_(rel.clamp_(min=1).log_().mul_(q))
+    loss_classes = F.cross_entropy(z + log_s, labels, reduction="sum") / num_rois
     return loss_classes, loss_obj
 
 

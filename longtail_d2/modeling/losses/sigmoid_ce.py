@@ -4,7 +4,6 @@ The base of EQL, DropLoss and BALMS: a background RoI has an all-zero target row
 """
 
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 
 from .base import ClassificationLoss, append_background, check_logits, one_hot_targets
@@ -13,12 +12,44 @@ from .registry import LONGTAIL_LOSS_REGISTRY
 __all__ = ["sigmoid_ce_loss", "weighted_bce", "SigmoidCELoss"]
 
 
+class _WeightedBCESum(torch.autograd.Function):
+    """sum_rj w_rj BCE(z_rj, t_rj), the hot path of every sigmoid loss (R x C = 1024 x 1203 on
+    LVIS). Same value as F.binary_cross_entropy_with_logits(..., weight=w, reduction="sum"),
+    about 3x faster on CPU: that kernel's log1p is not vectorised there, and its backward
+    recomputes what sigma(z) gives directly: d/dz = w (sigma(z) - t). Targets and weights are
+    constants (no gradient), as in every loss here."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, weights):
+        # BCE(z, t) = max(z, 0) - z t + log(1 + exp(-|z|)); log(1 + e) instead of log1p(e)
+        # costs < 1e-7 absolute per term. In place: each (R, C) temporary is a page-faulting
+        # allocation of several MB.
+        loss = logits.abs().neg_().exp_().add_(1).log_()
+        loss.add_(logits.clamp(min=0)).addcmul_(logits, targets, value=-1)
+        if weights is not None:
+            loss.mul_(weights)
+        ctx.save_for_backward(logits, targets, weights)
+        return loss.sum()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        logits, targets, weights = ctx.saved_tensors
+        grad = torch.sigmoid(logits).sub_(targets)
+        if weights is not None:
+            grad.mul_(weights)
+        return grad.mul_(grad_output), None, None
+
+
 def weighted_bce(logits, targets, weights=None):
-    """sum_rj w_rj * BCE(z_rj, t_rj) / R; zero (with a gradient) when R = 0."""
-    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    """
+    Args:
+        logits, targets: (R, K); weights: (R, K), (1, K) or None (all ones), no gradient.
+    Returns:
+        sum_rj w_rj BCE(z_rj, t_rj) / R; zero (with a gradient) when R = 0.
+    """
     if weights is not None:
-        loss = loss * weights
-    return loss.sum() / max(logits.shape[0], 1)
+        weights = weights.expand_as(logits)
+    return _WeightedBCESum.apply(logits, targets, weights) / max(logits.shape[0], 1)
 
 
 def sigmoid_ce_loss(logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
