@@ -26,3 +26,21 @@ def test_every_method_has_an_instant_config_and_readme():
         assert glob.glob(
             os.path.join(REPO, "projects", method, "configs", "*_instant*.yaml")
         ), method
+
+
+def test_loss_sampler_and_cascade_combine_by_config(tmp_path, datasets_root):
+    """EQL + repeat-factor sampling + cascade heads, from command-line overrides only."""
+    out = str(tmp_path / "combo")
+    config = os.path.join(REPO, "projects", "EQL", "configs", "eql_mask_rcnn_R_18_FPN_instant.yaml")
+    proc = run_train_net(
+        "--config-file", config, "SOLVER.MAX_ITER", "3", "OUTPUT_DIR", out,
+        "DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler",
+        "DATALOADER.REPEAT_THRESHOLD", "0.5",
+        "MODEL.ROI_HEADS.NAME", "LongTailCascadeROIHeads",
+        "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = open(os.path.join(out, "log.txt")).read()
+    assert "Using training sampler RepeatFactorTrainingSampler" in log
+    assert "loss_cls_stage2" in log
+    assert "segm/APr" in read_metrics(out)

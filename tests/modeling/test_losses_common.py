@@ -153,3 +153,19 @@ def test_pure_functions_name_the_width_mismatch():
         eql_loss(torch.zeros(2, 5), torch.tensor([0, 4]), TAIL)
     with pytest.raises(ValueError, match=r"seesaw_loss: expected logits of shape \(R, 6\)"):
         seesaw_loss(torch.zeros(2, 5), torch.tensor([0, 4]), torch.ones(4))
+
+
+def test_fused_weighted_bce_equals_torch():
+    from longtail_d2.modeling.losses.sigmoid_ce import weighted_bce
+
+    torch.manual_seed(6)
+    logits = (torch.randn(64, 9, dtype=torch.float64) * 20).requires_grad_(True)  # up to +-80
+    targets = (torch.rand(64, 9) < 0.2).double()
+    weights = torch.rand(64, 9, dtype=torch.float64)
+    ours = weighted_bce(logits, targets, weights)
+    ref = F.binary_cross_entropy_with_logits(logits, targets, weight=weights, reduction="sum") / 64
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-9)
+    (g_ours,) = torch.autograd.grad(ours, logits)
+    (g_ref,) = torch.autograd.grad(ref, logits)
+    torch.testing.assert_close(g_ours, g_ref)
+    assert torch.autograd.gradcheck(lambda z: weighted_bce(z, targets, weights), (logits,))

@@ -131,3 +131,18 @@ def test_seesaw_module_counts_before_the_loss():
     assert module.cum_samples.tolist() == [2.0, 0.0, 1.0]
     module(torch.zeros(1, 5), torch.tensor([1]))
     assert module.cum_samples.tolist() == [2.0, 1.0, 1.0]
+
+
+def test_eqlv2_rare_negative_increments_keep_precision():
+    # A class that is positive with weight ~5 and negative with weight ~7e-5 in one batch: its
+    # Q increment must be the sum of the tiny negative terms, not a difference of large sums.
+    C = 3
+    logits = torch.full((11, C + 1), -9.0)
+    logits[:10, 0] = 5.0
+    gt = torch.tensor([0] * 10 + [3])
+    pos_grad, neg_grad = torch.tensor([0.0, 1.0, 1.0]), torch.tensor([1.0, 1.0, 1.0])
+    _, pos_inc, neg_inc = eqlv2_loss(logits, gt, pos_grad, neg_grad)
+    r0 = sig(-12 * 0.8)  # g_0 = 0
+    expected = r0 * sig(-9.0)  # the background row's term for class 0: |sigma(-9) - 0| * r0
+    assert neg_inc[0].item() == pytest.approx(expected, rel=1e-4)
+    assert pos_inc[0].item() == pytest.approx(10 * (1 - sig(5.0)) * (1 + 4 * (1 - r0)), rel=1e-5)

@@ -52,6 +52,7 @@ class BalancedSoftmaxLoss(ClassificationLoss):
 
     extra_logits = 0
     uses_prior_prob = True
+    has_background_score = False
 
     @configurable
     def __init__(self, num_classes: int, class_freq: torch.Tensor):

@@ -50,6 +50,9 @@ class ClassificationLoss(nn.Module):
 
     extra_logits: int = 1
     uses_prior_prob: bool = False
+    # False when ``scores`` appends a zero background column (sigmoid losses without a
+    # background logit); the predictor then logs accuracy with "no class above 1/2" as background.
+    has_background_score: bool = True
 
     def __init__(self, num_classes: int):
         super().__init__()

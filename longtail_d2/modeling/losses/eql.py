@@ -47,6 +47,7 @@ class EQLLoss(ClassificationLoss):
 
     extra_logits = 0
     uses_prior_prob = True
+    has_background_score = False
 
     @configurable
     def __init__(self, num_classes: int, tail_mask: torch.Tensor):

@@ -25,7 +25,8 @@ _INITIAL_RATIO = 100.0
 
 
 def eqlv2_class_weights(pos_grad, neg_grad, gamma=12.0, mu=0.8, alpha=4.0):
-    """(C,) positive weights q and negative weights r from the accumulated gradients."""
+    """(C,) positive weights q and negative weights r from the accumulated gradients. A class
+    with P = Q = 0 has had no update yet (any RoI adds to every Q), so it gets g = 100."""
     first_step = (pos_grad == 0) & (neg_grad == 0)
     ratio = torch.where(
         first_step, torch.full_like(pos_grad, _INITIAL_RATIO), pos_grad / (neg_grad + 1e-10)
@@ -69,9 +70,11 @@ def eqlv2_loss(
     loss = weighted_bce(logits, targets, weights)
     with torch.no_grad():
         grad = torch.sigmoid(logits).sub_(targets).abs_().mul_(weights)
-        # P_j: the positive terms (row r, class y_r); Q_j: the rest of column j.
+        # P_j: the positive terms (row r, class y_r); Q_j: the rest of column j, summed after
+        # zeroing the positives (a difference of sums would cancel the tiny rare-class terms).
         pos_inc = grad.new_zeros(num_classes + 1).index_add_(0, gt_classes, grad[rows, gt_classes])
-        neg_inc = grad.sum(0) - pos_inc
+        grad[rows, gt_classes] = 0
+        neg_inc = grad.sum(0)
     return loss, pos_inc[:num_classes], neg_inc[:num_classes]
 
 

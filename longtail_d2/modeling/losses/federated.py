@@ -27,6 +27,7 @@ class FederatedLoss(ClassificationLoss):
 
     extra_logits = 1
     uses_prior_prob = True  # CenterNet2's bias init from PRIOR_PROB (0.01 in its configs)
+    has_background_score = False
     # detectron2's sampling of F, reused as is (it reads no other attribute of the predictor).
     get_fed_loss_classes = FastRCNNOutputLayers.get_fed_loss_classes
 

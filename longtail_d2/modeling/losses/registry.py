@@ -35,7 +35,7 @@ def training_statistics(cfg):
     the statistics buffers then come from the checkpoint."""
     try:
         stats = get_class_statistics(list(cfg.DATASETS.TRAIN))
-    except (OSError, ValueError, KeyError) as e:
+    except OSError as e:  # only a missing file; training would then fail in its data loader
         logger.warning(
             f"No class statistics of DATASETS.TRAIN ({e}); the loss buffers must "
             "come from MODEL.WEIGHTS"

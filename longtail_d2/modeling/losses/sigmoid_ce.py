@@ -75,6 +75,7 @@ class SigmoidCELoss(ClassificationLoss):
 
     extra_logits = 0
     uses_prior_prob = True
+    has_background_score = False
 
     @configurable
     def __init__(self, num_classes: int):

@@ -85,7 +85,10 @@ class LongTailOutputLayers(FastRCNNOutputLayers):
         )
         logits = scores.float()
         with torch.no_grad():
-            _log_classification_stats(self.cls_loss.scores(logits), gt_classes)
+            probs = self.cls_loss.scores(logits)
+            if not self.cls_loss.has_background_score and len(probs):
+                probs[:, -1] = 1 - probs[:, :-1].max(dim=1).values
+            _log_classification_stats(probs, gt_classes)
         if len(proposals):
             proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
             gt_boxes = cat(
