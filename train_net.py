@@ -20,7 +20,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from longtail_d2.data import DatasetError
-from longtail_d2.engine import ConfigError, LongTailTrainer, prepare_run
+from longtail_d2.engine import ConfigError, prepare_run, trainer_class
 
 USER_ERRORS = (ConfigError, DatasetError, ValueError, OSError, yaml.YAMLError)
 
@@ -34,13 +34,14 @@ def setup(args):
 
 def main(args):
     cfg = setup(args)
+    Trainer = trainer_class(cfg)
     if args.eval_only:
-        model = LongTailTrainer.build_model(cfg)
+        model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
-        return LongTailTrainer.test(cfg, model)
-    trainer = LongTailTrainer(cfg)
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 

@@ -66,9 +66,35 @@ def add_box_head_config(cfg):
     cfg.MODEL.ROI_MASK_HEAD.NORMED_TEMPERATURE = 20.0
 
 
+def add_decoupled_config(cfg):
+    # Decoupled training (Kang et al. 2020; BALMS stage 2): load a trained detector and train
+    # only the parameters whose names contain one of TRAINABLE; every other parameter is frozen
+    # and frozen BatchNorm layers use their running statistics (test-time behaviour).
+    cfg.MODEL.DECOUPLE = CN()
+    cfg.MODEL.DECOUPLE.ENABLED = False
+    cfg.MODEL.DECOUPLE.TRAINABLE = ["roi_heads.box_predictor.cls_score"]
+
+
+def add_meta_reweight_config(cfg):
+    # BALMS meta re-weighting (Ren et al. 2020) in decoupled stage 2: per-class weights
+    # w = sigmoid(theta) of the Balanced Softmax loss, learnt through a virtual SGD step so that
+    # the loss on class-balanced meta batches falls. Needs MODEL.DECOUPLE on cls_score only.
+    cfg.META_REWEIGHT = CN()
+    cfg.META_REWEIGHT.ENABLED = False
+    # Adam learning rate of theta.
+    cfg.META_REWEIGHT.LR = 0.01
+    # Initial class weight sigmoid(theta_0).
+    cfg.META_REWEIGHT.INIT_WEIGHT = 0.5
+    # Images per meta batch over all workers, drawn by the class-balanced sampler
+    # (image repeat factor max over its classes of 1 / f(c)).
+    cfg.META_REWEIGHT.IMS_PER_BATCH = 16
+
+
 def add_longtail_config(cfg):
     """Add every longtail_d2 key, with its default, to a detectron2 config (in place)."""
     add_dataset_config(cfg)
     add_evaluation_config(cfg)
     add_box_head_config(cfg)
+    add_decoupled_config(cfg)
+    add_meta_reweight_config(cfg)
     return cfg

@@ -1,5 +1,6 @@
 """The trainer of longtail_d2: detectron2's DefaultTrainer with the LVIS evaluator on every
-dataset and DistributedDataParallel that also works for CPU processes (gloo)."""
+dataset, DistributedDataParallel that also works for CPU processes (gloo), and decoupled
+training (MODEL.DECOUPLE)."""
 
 import logging
 import os
@@ -12,6 +13,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..evaluation import LongTailLVISEvaluator
+from ..modeling.decouple import freeze_for_decoupled_training
 
 __all__ = ["LongTailTrainer", "ddp_device_kwargs"]
 
@@ -31,10 +33,8 @@ class LongTailTrainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        model = create_ddp_model(model, broadcast_buffers=False, **ddp_device_kwargs(cfg))
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            model, data_loader, optimizer
-        )
+        model = self.wrap_model(cfg, model)
+        self._trainer = self.build_train_loop(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = DetectionCheckpointer(
             model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
@@ -43,6 +43,23 @@ class LongTailTrainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def wrap_model(self, cfg, model):
+        """DistributedDataParallel when there are several workers."""
+        return create_ddp_model(model, broadcast_buffers=False, **ddp_device_kwargs(cfg))
+
+    def build_train_loop(self, cfg, model, data_loader, optimizer):
+        """The object whose ``run_step`` does one iteration (detectron2's by default)."""
+        return (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        if cfg.MODEL.DECOUPLE.ENABLED:
+            freeze_for_decoupled_training(model, cfg.MODEL.DECOUPLE.TRAINABLE)
+        return model
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

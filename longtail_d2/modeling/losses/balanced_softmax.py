@@ -6,6 +6,8 @@ z'_j = z_j + log(pi_j / (1 - pi_j)), before a sigmoid BCE; background RoIs are u
 inference uses the unshifted logits (the shift models the training label prior only).
 """
 
+from typing import Optional
+
 import torch
 from detectron2.config import configurable
 
@@ -29,20 +31,25 @@ def balanced_logits(logits, gt_classes, class_freq):
 
 
 def balanced_sigmoid_loss(
-    logits: torch.Tensor, gt_classes: torch.Tensor, class_freq: torch.Tensor
+    logits: torch.Tensor,
+    gt_classes: torch.Tensor,
+    class_freq: torch.Tensor,
+    roi_weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """
     Args:
         logits: (R, C).
         gt_classes: (R,) int64 in [0, C], C = background.
         class_freq: (C,) image-count frequency pi in (0, 1].
+        roi_weights: optional (R,) weight of each RoI's loss (BALMS's meta re-weighting).
     Returns:
-        (1/R) sum_rj BCE(z'_rj, Y_rj).
+        (1/R) sum_r v_r sum_j BCE(z'_rj, Y_rj), v = roi_weights or 1.
     """
     num_classes = class_freq.numel()
     check_logits(logits, gt_classes, num_classes, "balanced_sigmoid_loss")
     targets = one_hot_targets(gt_classes, num_classes, logits.dtype)
-    return weighted_bce(balanced_logits(logits, gt_classes, class_freq), targets)
+    weights = None if roi_weights is None else roi_weights.to(logits.dtype)[:, None]
+    return weighted_bce(balanced_logits(logits, gt_classes, class_freq), targets, weights)
 
 
 @LONGTAIL_LOSS_REGISTRY.register()

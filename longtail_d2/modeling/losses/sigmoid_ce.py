@@ -4,6 +4,7 @@ The base of EQL, DropLoss and BALMS: a background RoI has an all-zero target row
 """
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
 
 from .base import ClassificationLoss, append_background, check_logits, one_hot_targets
@@ -17,7 +18,7 @@ class _WeightedBCESum(torch.autograd.Function):
     LVIS). Same value as F.binary_cross_entropy_with_logits(..., weight=w, reduction="sum"),
     about 3x faster on CPU: that kernel's log1p is not vectorised there, and its backward
     recomputes what sigma(z) gives directly: d/dz = w (sigma(z) - t). Targets and weights are
-    constants (no gradient), as in every loss here."""
+    constants (see ``weighted_bce`` for weights that need a gradient)."""
 
     @staticmethod
     def forward(ctx, logits, targets, weights):
@@ -43,13 +44,20 @@ class _WeightedBCESum(torch.autograd.Function):
 def weighted_bce(logits, targets, weights=None):
     """
     Args:
-        logits, targets: (R, K); weights: (R, K), (1, K) or None (all ones), no gradient.
+        logits, targets: (R, K); weights: (R, K), (R, 1), (1, K) or None (all ones). Weights that
+            require a gradient get one (and then any order of gradient works).
     Returns:
         sum_rj w_rj BCE(z_rj, t_rj) / R; zero (with a gradient) when R = 0.
     """
+    num_rois = max(logits.shape[0], 1)
+    if weights is not None and weights.requires_grad:
+        # Weights that are themselves learnt (BALMS's meta step differentiates through an SGD
+        # step, i.e. twice): torch's ops, which support every order of gradient.
+        terms = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        return (terms * weights).sum() / num_rois
     if weights is not None:
         weights = weights.expand_as(logits)
-    return _WeightedBCESum.apply(logits, targets, weights) / max(logits.shape[0], 1)
+    return _WeightedBCESum.apply(logits, targets, weights) / num_rois
 
 
 def sigmoid_ce_loss(logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:

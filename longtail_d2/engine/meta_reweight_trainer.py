@@ -1,0 +1,138 @@
+"""The trainer of BALMS's decoupled stage 2 with meta re-weighting (META_REWEIGHT.ENABLED).
+
+Every iteration: the RoI box features of a training batch and of a class-balanced meta batch
+(everything below the classifier is frozen, so no gradient is needed there); a meta step on the
+class weights (:func:`longtail_d2.modeling.meta_reweight.meta_step`); then the real step of the
+classifier on the training batch with the updated weights. Gradients of the classifier and of
+theta are averaged over workers explicitly, so the model is not wrapped in DDP. The learner and
+its Adam state are checkpointed next to the model.
+"""
+
+import time
+
+import torch
+from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.engine import SimpleTrainer
+from detectron2.layers import cat
+from detectron2.utils import comm
+
+from ..data.class_balanced_sampler import ClassBalancedSampler, class_balanced_repeat_factors
+from ..modeling.distributed import all_reduce_sum
+from ..modeling.meta_reweight import MetaReweighter, balms_loss, meta_step
+from .trainer import LongTailTrainer
+
+__all__ = ["MetaReweightTrainer", "MetaReweightLoop", "roi_box_features"]
+
+
+@torch.no_grad()
+def roi_box_features(detector, batched_inputs):
+    """(R, D) box-head features and (R,) labels of the RoIs detectron2 samples in training."""
+    images = detector.preprocess_image(batched_inputs)
+    gt_instances = [x["instances"].to(detector.device) for x in batched_inputs]
+    features = detector.backbone(images.tensor)
+    proposals, _ = detector.proposal_generator(images, features, gt_instances)
+    heads = detector.roi_heads
+    proposals = heads.label_and_sample_proposals(proposals, gt_instances)
+    x = heads.box_pooler(
+        [features[f] for f in heads.box_in_features], [p.proposal_boxes for p in proposals]
+    )
+    return heads.box_head(x), cat([p.gt_classes for p in proposals])
+
+
+class MetaReweightLoop(SimpleTrainer):
+    def __init__(self, model, data_loader, optimizer, meta_loader, learner, meta_optimizer):
+        super().__init__(model, data_loader, optimizer)
+        self.meta_loader = meta_loader
+        self._meta_iter = None
+        self.learner = learner
+        self.meta_optimizer = meta_optimizer
+        predictor = model.roi_heads.box_predictor
+        self.classifier = predictor.cls_score
+        self.class_freq = predictor.cls_loss.class_freq
+
+    def run_step(self):
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        if self._meta_iter is None:
+            self._meta_iter = iter(self.meta_loader)
+        meta_data = next(self._meta_iter)
+        data_time = time.perf_counter() - start
+
+        train_batch = roi_box_features(self.model, data)
+        meta_batch = roi_box_features(self.model, meta_data)
+        world = comm.get_world_size()
+        loss_dict = meta_step(
+            self.learner,
+            self.meta_optimizer,
+            self.classifier,
+            self.optimizer,
+            self.class_freq,
+            train_batch,
+            meta_batch,
+            world,
+        )
+        # The real step, with the class weights just updated (constants here).
+        features, gt_classes = train_batch
+        loss = balms_loss(
+            self.classifier(features), gt_classes, self.class_freq, self.learner().detach()
+        )
+        self.optimizer.zero_grad()
+        loss.backward()
+        for p in self.classifier.parameters():
+            p.grad = all_reduce_sum(p.grad) / world
+        self.after_backward()
+        # The meta loss is logged apart: it is not part of the loss being minimised.
+        self.storage.put_scalar("meta_loss", meta["loss_meta"].item())
+        self._write_metrics({"loss_cls": loss}, data_time)
+        self.optimizer.step()
+
+
+class MetaReweightTrainer(LongTailTrainer):
+    def __init__(self, cfg):
+        _check_config(cfg)
+        super().__init__(cfg)
+        self.checkpointer.add_checkpointable("meta_reweighter", self._trainer.learner)
+        self.checkpointer.add_checkpointable("meta_optimizer", self._trainer.meta_optimizer)
+
+    def wrap_model(self, cfg, model):
+        return model  # gradients are averaged by the loop (see the module docstring)
+
+    def build_train_loop(self, cfg, model, data_loader, optimizer):
+        learner = MetaReweighter(cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.META_REWEIGHT.INIT_WEIGHT)
+        learner.to(model.device)
+        meta_optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.META_REWEIGHT.LR)
+        return MetaReweightLoop(
+            model, data_loader, optimizer, self.build_meta_loader(cfg), learner, meta_optimizer
+        )
+
+    @classmethod
+    def build_meta_loader(cls, cfg):
+        """Class-balanced batches of META_REWEIGHT.IMS_PER_BATCH images of DATASETS.TRAIN."""
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        )
+        sampler = ClassBalancedSampler(
+            class_balanced_repeat_factors(dataset), seed=cfg.SEED if cfg.SEED >= 0 else None
+        )
+        return build_detection_train_loader(
+            cfg, dataset=dataset, sampler=sampler, total_batch_size=cfg.META_REWEIGHT.IMS_PER_BATCH
+        )
+
+
+def _check_config(cfg):
+    problems = []
+    if not cfg.MODEL.DECOUPLE.ENABLED or list(cfg.MODEL.DECOUPLE.TRAINABLE) != [
+        "roi_heads.box_predictor.cls_score"
+    ]:
+        problems.append(
+            "MODEL.DECOUPLE.ENABLED True with TRAINABLE ['roi_heads.box_predictor."
+            "cls_score'] (only the classifier is meta-trained)"
+        )
+    if cfg.MODEL.ROI_HEADS.NAME != "LongTailROIHeads":
+        problems.append("MODEL.ROI_HEADS.NAME LongTailROIHeads")
+    if cfg.MODEL.ROI_BOX_HEAD.CLS_LOSS != "BalancedSoftmaxLoss":
+        problems.append("MODEL.ROI_BOX_HEAD.CLS_LOSS BalancedSoftmaxLoss")
+    if cfg.SOLVER.AMP.ENABLED:
+        problems.append("SOLVER.AMP.ENABLED False")
+    if problems:
+        raise ValueError("META_REWEIGHT.ENABLED needs " + "; ".join(problems))
