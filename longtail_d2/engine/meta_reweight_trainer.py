@@ -61,7 +61,7 @@ class MetaReweightLoop(SimpleTrainer):
         train_batch = roi_box_features(self.model, data)
         meta_batch = roi_box_features(self.model, meta_data)
         world = comm.get_world_size()
-        loss_dict = meta_step(
+        meta = meta_step(
             self.learner,
             self.meta_optimizer,
             self.classifier,
