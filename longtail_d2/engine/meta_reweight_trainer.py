@@ -15,6 +15,7 @@ from detectron2.data import build_detection_train_loader, get_detection_dataset_
 from detectron2.engine import SimpleTrainer
 from detectron2.layers import cat
 from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
 
 from ..data.class_balanced_sampler import ClassBalancedSampler, class_balanced_repeat_factors
 from ..modeling.distributed import all_reduce_sum
@@ -82,7 +83,7 @@ class MetaReweightLoop(SimpleTrainer):
             p.grad = all_reduce_sum(p.grad) / world
         self.after_backward()
         # The meta loss is logged apart: it is not part of the loss being minimised.
-        self.storage.put_scalar("meta_loss", meta["loss_meta"].item())
+        get_event_storage().put_scalar("meta_loss", meta["loss_meta"].item())
         self._write_metrics({"loss_cls": loss}, data_time)
         self.optimizer.step()
 
