@@ -11,6 +11,7 @@ Train and evaluate long-tailed instance segmentation models with longtail_d2.
 Config and dataset errors are reported in one line, with a non-zero exit, before anything is
 written to OUTPUT_DIR.
 """
+import os
 import sys
 
 import yaml
@@ -46,6 +47,14 @@ def main(args):
     return trainer.train()
 
 
+def check_weights(cfg, args):
+    """A missing local MODEL.WEIGHTS file fails here, unless --resume finds a checkpoint."""
+    weights = cfg.MODEL.WEIGHTS
+    resumable = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    if weights and "://" not in weights and not os.path.isfile(weights) and not resumable:
+        raise FileNotFoundError(f"MODEL.WEIGHTS: {weights} not found")
+
+
 def one_line(error):
     return "error: " + " ".join(str(error).split())
 
@@ -54,7 +63,7 @@ if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     try:
         # Checked once here, before workers start: bad input fails fast and writes nothing.
-        prepare_run(args.config_file, args.opts)
+        check_weights(prepare_run(args.config_file, args.opts), args)
     except USER_ERRORS as e:
         sys.exit(one_line(e))
     launch(

@@ -111,6 +111,10 @@ def test_two_cpu_processes_train_and_evaluate(tmp_path, datasets_root):
         (["SOLVER.MAX_ITER", "abc"], ["SOLVER.MAX_ITER", "abc"]),
         (["SOLVER.MAX_ITR", "5"], ["SOLVER.MAX_ITR"]),
         (
+            ["MODEL.WEIGHTS", "missing/model_final.pth"],
+            ["MODEL.WEIGHTS", "missing/model_final.pth"],
+        ),
+        (
             [
                 "DATASETS.CUSTOM",
                 "[('x', 'missing/ann.json', 'missing')]",
