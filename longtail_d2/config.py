@@ -62,6 +62,19 @@ def add_box_head_config(cfg):
     head.NORMED_CLASSIFIER = CN()
     head.NORMED_CLASSIFIER.ENABLED = False
     head.NORMED_CLASSIFIER.TEMPERATURE = 20.0
+    # PCB (Pairwise Class Balance) with ROI_HEADS.NAME PCBROIHeads, on SoftmaxCELoss, SeesawLoss
+    # or EQLv2Loss: momentum m of the confusion-matrix EMA, alpha of the soft targets (paper:
+    # 0.4 softmax, 0.05 Seesaw, 0.2 EQL v2), START_ITER (-1 = SOLVER.STEPS[0], i.e. after the
+    # first LR decay), NUM_ITERS passes T of the box head with classification-loss weights
+    # ITER_LOSS_WEIGHTS, box regression from pass REG_ITER, MLP_HIDDEN of the modulation MLPs.
+    head.PCB = CN()
+    head.PCB.MOMENTUM = 0.99
+    head.PCB.ALPHA = 0.4
+    head.PCB.START_ITER = -1
+    head.PCB.NUM_ITERS = 3
+    head.PCB.ITER_LOSS_WEIGHTS = [0.2, 0.2, 0.6]
+    head.PCB.REG_ITER = 2
+    head.PCB.MLP_HIDDEN = 512
     # tau of the normalised 1x1 mask predictor (ROI_MASK_HEAD.NAME NormedMaskRCNNConvUpsampleHead).
     cfg.MODEL.ROI_MASK_HEAD.NORMED_TEMPERATURE = 20.0
 

@@ -39,6 +39,11 @@ def load_config(config_file: str, opts=()):
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE is %r but no GPU is visible: using the CPU", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
+    if cfg.SOLVER.MAX_ITER in cfg.SOLVER.STEPS:
+        # detectron2 drops steps past MAX_ITER but its scheduler rejects one equal to it.
+        raise ConfigError(
+            f"SOLVER.STEPS {tuple(cfg.SOLVER.STEPS)} contains SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER}"
+        )
     if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
         raise ConfigError("SOLVER.AMP.ENABLED True needs a GPU (MODEL.DEVICE cuda)")
     cfg.freeze()

@@ -6,7 +6,7 @@ reported integration bug of the long-tail forks). Scores are always (R, C+1), ba
 as detectron2's ``fast_rcnn_inference`` expects.
 """
 
-from typing import Dict
+from typing import Dict  # noqa: F401  (annotations)
 
 import torch
 from torch import nn
@@ -62,16 +62,17 @@ class ClassificationLoss(nn.Module):
     def num_logits(self) -> int:
         return self.num_classes + self.extra_logits
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor, **kwargs):
         """
         Args:
             logits: (R, num_logits) classifier outputs (the predictor passes fp32).
             gt_classes: (R,) int64 in [0, C], C = background.
+            kwargs: loss-specific options (PCB's soft targets for the losses that take them).
         Returns:
-            dict of scalar losses, usually {"loss_cls": ...}.
+            Dict[str, Tensor]: scalar losses, usually {"loss_cls": ...}.
         """
         check_logits(logits, gt_classes, self.num_logits, type(self).__name__)
-        return self.losses(logits, gt_classes)
+        return self.losses(logits, gt_classes, **kwargs)
 
     def losses(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``forward`` after the shape check; implemented by each loss."""

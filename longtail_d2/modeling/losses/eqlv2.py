@@ -8,7 +8,7 @@ r_j = 1 / (1 + exp(-gamma (g_j - mu))) on negatives, q_j = 1 + alpha (1 - r_j) o
 the module here, through a helper that is a no-op in one process (the official one crashes).
 """
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -44,12 +44,16 @@ def eqlv2_loss(
     gamma: float = 12.0,
     mu: float = 0.8,
     alpha: float = 4.0,
+    soft_targets: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """
     Args:
         logits: (R, C + 1), the last column is the background channel.
         gt_classes: (R,) int64 in [0, C], C = background.
         pos_grad, neg_grad: (C,) accumulated P and Q before this step.
+        soft_targets: PCB (see longtail_d2.modeling.pcb): (P, C) targets Y' of the P positive
+            RoIs over the C class channels, which replace the one-hot rows in the loss, the
+            weights and the gradient statistics.
     Returns:
         loss: (1/R) sum_r sum_{j<=C} W_rj BCE(z_rj, Y_rj), W = q Y + r (1 - Y) (1 on bg channel).
         pos_grad_increment, neg_grad_increment: (C,) sum_r |sigma(z) - Y| Y W and
@@ -63,6 +67,8 @@ def eqlv2_loss(
     )
     one = pos_w.new_ones(1)
     pos_w, neg_w = torch.cat([pos_w, one]), torch.cat([neg_w, one])
+    if soft_targets is not None:
+        return _eqlv2_soft(logits, gt_classes, targets, soft_targets, pos_w, neg_w)
     # W = r on every term, then q at (r, y_r): one (R, C + 1) tensor.
     rows = torch.arange(logits.shape[0], device=logits.device)
     weights = neg_w.expand_as(logits).clone()
@@ -75,6 +81,20 @@ def eqlv2_loss(
         pos_inc = grad.new_zeros(num_classes + 1).index_add_(0, gt_classes, grad[rows, gt_classes])
         grad[rows, gt_classes] = 0
         neg_inc = grad.sum(0)
+    return loss, pos_inc[:num_classes], neg_inc[:num_classes]
+
+
+def _eqlv2_soft(logits, gt_classes, targets, soft_targets, pos_w, neg_w):
+    """The dense form for soft targets: W = q Y' + r (1 - Y'), statistics with Y'."""
+    num_classes = pos_w.numel() - 1
+    targets = targets.clone()
+    targets[gt_classes < num_classes, :num_classes] = soft_targets.to(targets.dtype)
+    weights = neg_w[None, :] + (pos_w - neg_w)[None, :] * targets
+    loss = weighted_bce(logits, targets, weights)
+    with torch.no_grad():
+        grad = (torch.sigmoid(logits) - targets).abs_().mul_(weights)
+        pos_inc = (grad * targets).sum(0)
+        neg_inc = (grad * (1 - targets)).sum(0)
     return loss, pos_inc[:num_classes], neg_inc[:num_classes]
 
 
@@ -105,9 +125,16 @@ class EQLv2Loss(ClassificationLoss):
             "alpha": c.ALPHA,
         }
 
-    def losses(self, logits, gt_classes):
+    def losses(self, logits, gt_classes, soft_targets=None):
         loss, pos_inc, neg_inc = eqlv2_loss(
-            logits, gt_classes, self.pos_grad, self.neg_grad, self.gamma, self.mu, self.alpha
+            logits,
+            gt_classes,
+            self.pos_grad,
+            self.neg_grad,
+            self.gamma,
+            self.mu,
+            self.alpha,
+            soft_targets,
         )
         if self.training:
             increments = all_reduce_sum(torch.stack([pos_inc, neg_inc]).to(self.pos_grad.dtype))

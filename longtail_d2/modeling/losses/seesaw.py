@@ -8,7 +8,7 @@ number of sampled RoIs. mmdetection keeps N per GPU; the module here sums its in
 all ranks, so results do not depend on the number of GPUs.
 """
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,12 +28,17 @@ def seesaw_loss(
     p: float = 0.8,
     q: float = 2.0,
     eps: float = 1e-2,
+    soft_targets: Optional[torch.Tensor] = None,
+    alpha: float = 0.0,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """
     Args:
         logits: (R, C + 2): C class logits, then the objectness logits (foreground, background).
         gt_classes: (R,) int64 in [0, C], C = background.
         cum_samples: (C,) RoIs sampled so far per class, this batch included.
+        soft_targets, alpha: PCB (see longtail_d2.modeling.pcb): (P, C) target distributions of
+            the P positive RoIs; the class term becomes (1 - alpha) CE + alpha soft CE, both on
+            the seesaw-adjusted logits.
     Returns:
         loss_classes: (1/R) sum over positive RoIs r of CE(z~_r, y_r), with
             z~_j = z_j + log(M_yj C_yj) for j != y, M_ij = (N_j / N_i)^p if N_j < N_i else 1,
@@ -55,7 +60,11 @@ def seesaw_loss(
         s = torch.softmax(z, dim=1)
         rel = s.div_(s.gather(1, labels[:, None]).clamp(min=eps))
         log_s.add_(rel.clamp_(min=1).log_().mul_(q))
-    loss_classes = F.cross_entropy(z + log_s, labels, reduction="sum") / num_rois
+    adjusted = z + log_s
+    loss_classes = F.cross_entropy(adjusted, labels, reduction="sum") / num_rois
+    if soft_targets is not None and alpha > 0:
+        soft = -(soft_targets * torch.log_softmax(adjusted, dim=1)).sum() / num_rois
+        loss_classes = (1 - alpha) * loss_classes + alpha * soft
     return loss_classes, loss_obj
 
 
@@ -79,12 +88,12 @@ class SeesawLoss(ClassificationLoss):
         c = cfg.MODEL.ROI_BOX_HEAD.SEESAW
         return {"num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES, "p": c.P, "q": c.Q, "eps": c.EPS}
 
-    def losses(self, logits, gt_classes):
+    def losses(self, logits, gt_classes, soft_targets=None, alpha=0.0):
         if self.training:
             counts = torch.bincount(gt_classes, minlength=self.num_classes + 1)[: self.num_classes]
             self.cum_samples += all_reduce_sum(counts.to(self.cum_samples.dtype))
         loss_classes, loss_obj = seesaw_loss(
-            logits, gt_classes, self.cum_samples, self.p, self.q, self.eps
+            logits, gt_classes, self.cum_samples, self.p, self.q, self.eps, soft_targets, alpha
         )
         return {"loss_cls_classes": loss_classes, "loss_cls_objectness": loss_obj}
 

@@ -1,0 +1,176 @@
+"""PCB's iterative box head and predictor (He et al., CVPR 2022; see longtail_d2.modeling.pcb).
+
+The shared box head runs T times on the pooled RoI features; between passes the features are
+modulated by the previous pass: f_{t+1} = f_t * MLP_loc(deltas_t) (a 7 x 7 map) + MLP_cls(logits_t)
+(a channel bias). The classification loss of pass t is weighted lambda_t and uses PCB's soft
+targets with alpha_t; box regression is trained on pass REG_ITER; inference uses the last pass.
+"""
+
+from contextlib import contextmanager
+
+from detectron2.config import configurable
+from detectron2.layers import cat
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY
+from detectron2.utils.events import get_event_storage
+from torch import nn
+
+from ..pcb import PCB_VARIANTS, PairwiseConfusion, pcb_alphas
+from .predictor import LongTailOutputLayers
+from .roi_heads import LongTailROIHeads
+
+__all__ = ["PCBOutputLayers", "PCBROIHeads"]
+
+
+@contextmanager
+def _statistics_frozen(loss_module, frozen):
+    """Loss statistics (Seesaw's counts, EQL v2's gradients) move once per step, not per pass
+    (the reference updates them at every pass, tripling them)."""
+    was_training = loss_module.training
+    loss_module.train(was_training and not frozen)
+    try:
+        yield
+    finally:
+        loss_module.train(was_training)
+
+
+class PCBOutputLayers(LongTailOutputLayers):
+    @configurable
+    def __init__(self, input_shape, *, momentum=0.99, alpha=0.4, start_iter=0, **kwargs):
+        """
+        Args:
+            momentum: EMA momentum m of the confusion matrix.
+            alpha: weight of the soft targets at the last pass.
+            start_iter: PCB acts from this iteration on, once every class has been seen.
+            kwargs: LongTailOutputLayers arguments.
+        """
+        super().__init__(input_shape, **kwargs)
+        name = type(self.cls_loss).__name__
+        if name not in PCB_VARIANTS:
+            raise ValueError(
+                f"PCB is defined on {sorted(PCB_VARIANTS)}, not on {name} "
+                "(MODEL.ROI_BOX_HEAD.CLS_LOSS)"
+            )
+        self.variant = PCB_VARIANTS[name]
+        self.alpha, self.start_iter = alpha, start_iter
+        self.confusion = PairwiseConfusion(self.num_classes, momentum, self.variant.normalize_rows)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        pcb = cfg.MODEL.ROI_BOX_HEAD.PCB
+        ret.update(
+            momentum=pcb.MOMENTUM,
+            alpha=pcb.ALPHA,
+            start_iter=pcb.START_ITER if pcb.START_ITER >= 0 else cfg.SOLVER.STEPS[0],
+        )
+        return ret
+
+    def iterative_losses(self, predictions, proposals, loss_weights, reg_iter):
+        """
+        Args:
+            predictions: per pass, (scores (R, num_logits), deltas) of the predictor.
+            proposals: the sampled proposals with ``gt_classes`` and ``gt_boxes``.
+            loss_weights: lambda_t per pass; reg_iter: the pass whose box regression is trained.
+        """
+        gt_classes = cat([p.gt_classes for p in proposals], dim=0)
+        fg = gt_classes < self.num_classes
+        last = predictions[-1][0].float()
+        self.confusion.update(
+            self.variant.probabilities(last[fg].detach(), self.num_classes), gt_classes[fg]
+        )
+        storage = get_event_storage()
+        active = storage.iter >= self.start_iter and self.confusion.all_seen()
+        storage.put_scalar("pcb_active", float(active))
+        alphas = pcb_alphas(self.alpha, len(predictions), active)
+        losses = {}
+        for t, ((scores, _), alpha, weight) in enumerate(zip(predictions, alphas, loss_weights)):
+            kwargs = self.variant.loss_kwargs(self.confusion, gt_classes[fg], alpha)
+            with _statistics_frozen(self.cls_loss, frozen=t < len(predictions) - 1):
+                for name, value in self.cls_loss(scores.float(), gt_classes, **kwargs).items():
+                    losses[f"{name}_pass{t}"] = weight * value
+        box_losses = super().losses(predictions[reg_iter], proposals)
+        losses["loss_box_reg"] = box_losses["loss_box_reg"]
+        return losses
+
+
+def _mlp(in_features, hidden, out_features):
+    return nn.Sequential(
+        nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_features)
+    )
+
+
+@ROI_HEADS_REGISTRY.register()
+class PCBROIHeads(LongTailROIHeads):
+    @configurable
+    def __init__(
+        self, *, num_passes, pass_loss_weights, reg_iter, mlp_hidden, pooled_shape, **kwargs
+    ):
+        """
+        Args:
+            num_passes: T passes of the shared box head.
+            pass_loss_weights: lambda_t of each pass's classification loss.
+            reg_iter: the pass whose box regression is trained.
+            mlp_hidden: hidden width of the two modulation MLPs.
+            pooled_shape: (channels, resolution) of the pooled RoI features.
+        """
+        super().__init__(**kwargs)
+        if len(pass_loss_weights) != num_passes or not 0 <= reg_iter < num_passes:
+            raise ValueError(
+                "MODEL.ROI_BOX_HEAD.PCB: ITER_LOSS_WEIGHTS needs NUM_ITERS entries "
+                "and REG_ITER must be in [0, NUM_ITERS)"
+            )
+        self.num_passes, self.pass_loss_weights, self.reg_iter = (
+            num_passes,
+            pass_loss_weights,
+            reg_iter,
+        )
+        self.pooled_shape = pooled_shape
+        channels, resolution = pooled_shape
+        predictor = self.box_predictor
+        self.channel_mlp = _mlp(predictor.cls_score.out_features, mlp_hidden, channels)
+        self.spatial_mlp = _mlp(predictor.bbox_pred.out_features, mlp_hidden, resolution**2)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        pcb = cfg.MODEL.ROI_BOX_HEAD.PCB
+        in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
+        ret.update(
+            num_passes=pcb.NUM_ITERS,
+            pass_loss_weights=tuple(pcb.ITER_LOSS_WEIGHTS),
+            reg_iter=pcb.REG_ITER,
+            mlp_hidden=pcb.MLP_HIDDEN,
+            pooled_shape=(
+                input_shape[in_features[0]].channels,
+                cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION,
+            ),
+        )
+        return ret
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
+        ret = super()._init_box_head(cfg, input_shape)
+        ret["box_predictor"] = PCBOutputLayers(cfg, ret["box_head"].output_shape)
+        return ret
+
+    def _forward_box(self, features, proposals):
+        channels, resolution = self.pooled_shape
+        x = self.box_pooler(
+            [features[f] for f in self.box_in_features], [p.proposal_boxes for p in proposals]
+        )
+        predictions = []
+        for t in range(self.num_passes):
+            if t > 0:
+                scores, deltas = predictions[-1]
+                x = x * self.spatial_mlp(deltas).view(
+                    -1, 1, resolution, resolution
+                ) + self.channel_mlp(scores).view(-1, channels, 1, 1)
+            predictions.append(self.box_predictor(self.box_head(x)))
+        if self.training:
+            if self.train_on_pred_boxes:
+                raise NotImplementedError("PCBROIHeads with MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES")
+            return self.box_predictor.iterative_losses(
+                predictions, proposals, self.pass_loss_weights, self.reg_iter
+            )
+        instances, _ = self.box_predictor.inference(predictions[-1], proposals)
+        return instances
