@@ -147,3 +147,61 @@ def test_core_fed_loss_switch_is_rejected(datasets_root):
     cfg = _cfg("MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE", "True")
     with pytest.raises(ValueError, match="CLS_LOSS"):
         build_model(cfg)
+
+
+@pytest.mark.parametrize("loss", ["SoftmaxCELoss", "SeesawLoss", "EQLv2Loss"])
+def test_pcb_heads_train_infer_and_checkpoint(loss, batches, tmp_path):
+    cfg = _cfg(
+        "MODEL.ROI_HEADS.NAME",
+        "PCBROIHeads",
+        "MODEL.ROI_BOX_HEAD.CLS_LOSS",
+        loss,
+        "MODEL.ROI_BOX_HEAD.PCB.START_ITER",
+        "0",
+        "MODEL.ROI_BOX_HEAD.PCB.MLP_HIDDEN",
+        "32",
+    )
+    model, losses = _train_and_infer(cfg, batches)
+    assert {"loss_box_reg"} | {k for k in losses if k.endswith("_pass2")} <= set(losses)
+    assert len([k for k in losses if "pass" in k]) == 3 * (2 if loss == "SeesawLoss" else 1)
+    heads = model.roi_heads
+    assert heads.channel_mlp[0].weight.grad.abs().sum() > 0  # the modulation MLPs train
+    assert heads.spatial_mlp[0].weight.grad.abs().sum() > 0
+    confusion = heads.box_predictor.confusion
+    assert confusion.seen.sum() > 0
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model")
+    fresh = build_model(cfg)
+    DetectionCheckpointer(fresh).load(str(tmp_path / "model.pth"))
+    assert torch.equal(fresh.roi_heads.box_predictor.confusion.matrix, confusion.matrix)
+
+
+def test_pcb_gate(batches):
+    cfg = _cfg(
+        "MODEL.ROI_HEADS.NAME",
+        "PCBROIHeads",
+        "MODEL.ROI_BOX_HEAD.PCB.START_ITER",
+        "5",
+        "MODEL.ROI_BOX_HEAD.PCB.MLP_HIDDEN",
+        "32",
+    )
+    model = build_model(cfg)
+    model.train()
+    predictor = model.roi_heads.box_predictor
+    with EventStorage(start_iter=0) as storage:  # before START_ITER: inactive
+        model(batches[0])
+        assert storage.latest()["pcb_active"][0] == 0.0
+    predictor.confusion.seen.zero_()
+    with EventStorage(start_iter=10) as storage:  # after it, but some class never seen
+        model(batches[0])
+        seen_all = predictor.confusion.all_seen()
+        assert storage.latest()["pcb_active"][0] == float(seen_all)
+    predictor.confusion.seen.fill_(1)
+    with EventStorage(start_iter=10) as storage:
+        model(batches[0])
+        assert storage.latest()["pcb_active"][0] == 1.0
+
+
+def test_pcb_needs_a_supported_loss(datasets_root):
+    cfg = _cfg("MODEL.ROI_HEADS.NAME", "PCBROIHeads", "MODEL.ROI_BOX_HEAD.CLS_LOSS", "EQLLoss")
+    with pytest.raises(ValueError, match="PCB is defined on"):
+        build_model(cfg)
