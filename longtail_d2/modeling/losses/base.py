@@ -9,6 +9,7 @@ as detectron2's ``fast_rcnn_inference`` expects.
 from typing import Dict  # noqa: F401  (annotations)
 
 import torch
+from detectron2.config import configurable
 from torch import nn
 
 __all__ = ["ClassificationLoss", "check_logits", "append_background", "one_hot_targets"]
@@ -54,9 +55,14 @@ class ClassificationLoss(nn.Module):
     # background logit); the predictor then logs accuracy with "no class above 1/2" as background.
     has_background_score: bool = True
 
+    @configurable
     def __init__(self, num_classes: int):
         super().__init__()
         self.num_classes = num_classes
+
+    @classmethod
+    def from_config(cls, cfg):
+        return {"num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES}
 
     @property
     def num_logits(self) -> int:

@@ -10,13 +10,12 @@ global batch (all ranks), so results do not depend on the number of GPUs.
 from typing import Optional
 
 import torch
-from detectron2.config import configurable
 
 from ..distributed import all_reduce_sum
-from .base import ClassificationLoss, check_logits, one_hot_targets
-from .eql import keep_positives
-from .registry import LONGTAIL_LOSS_REGISTRY, tail_mask, training_statistics
-from .sigmoid_ce import sigmoid_scores, weighted_bce
+from .base import check_logits, one_hot_targets
+from .eql import EQLLoss, keep_positives
+from .registry import LONGTAIL_LOSS_REGISTRY
+from .sigmoid_ce import weighted_bce
 
 __all__ = ["drop_loss", "tail_ratio_counts", "DropLoss"]
 
@@ -64,29 +63,11 @@ def drop_loss(
 
 
 @LONGTAIL_LOSS_REGISTRY.register()
-class DropLoss(ClassificationLoss):
-    """Logits (R, C); scores sigma(z) plus a zero background column. Buffer: the tail set."""
-
-    extra_logits = 0
-    uses_prior_prob = True
-    has_background_score = False
-
-    @configurable
-    def __init__(self, num_classes: int, tail_mask: torch.Tensor):
-        super().__init__(num_classes)
-        assert tail_mask.shape == (num_classes,), tail_mask.shape
-        self.register_buffer("tail_mask", tail_mask.clone())
-
-    @classmethod
-    def from_config(cls, cfg):
-        stats = training_statistics(cfg)
-        return {"num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES, "tail_mask": tail_mask(cfg, stats)}
+class DropLoss(EQLLoss):
+    """EQLLoss's layout, scores and tail-set buffer, with the DropLoss weights."""
 
     def losses(self, logits, gt_classes):
         num_tail, num_fg = all_reduce_sum(tail_ratio_counts(gt_classes, self.tail_mask)).tolist()
         # rho of the global batch; kept for inspection (it is not state: recomputed every step).
         self.last_ratio = num_tail / num_fg if num_fg > 0 else 1.0
         return {"loss_cls": drop_loss(logits, gt_classes, self.tail_mask, self.last_ratio)}
-
-    def scores(self, logits):
-        return sigmoid_scores(logits)

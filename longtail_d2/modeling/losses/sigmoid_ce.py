@@ -5,7 +5,6 @@ The base of EQL, DropLoss and BALMS: a background RoI has an all-zero target row
 
 import torch
 import torch.nn.functional as F
-from detectron2.config import configurable
 
 from .base import ClassificationLoss, append_background, check_logits, one_hot_targets
 from .registry import LONGTAIL_LOSS_REGISTRY
@@ -84,14 +83,6 @@ class SigmoidCELoss(ClassificationLoss):
     extra_logits = 0
     uses_prior_prob = True
     has_background_score = False
-
-    @configurable
-    def __init__(self, num_classes: int):
-        super().__init__(num_classes)
-
-    @classmethod
-    def from_config(cls, cfg):
-        return {"num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES}
 
     def losses(self, logits, gt_classes):
         return {"loss_cls": sigmoid_ce_loss(logits, gt_classes)}

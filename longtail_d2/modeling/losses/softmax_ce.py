@@ -2,7 +2,6 @@
 
 import torch
 import torch.nn.functional as F
-from detectron2.config import configurable
 
 from .base import ClassificationLoss
 from .registry import LONGTAIL_LOSS_REGISTRY
@@ -34,14 +33,6 @@ class SoftmaxCELoss(ClassificationLoss):
     """Mean over RoIs of CE(softmax(z), y); logits (R, C+1); scores = softmax."""
 
     extra_logits = 1
-
-    @configurable
-    def __init__(self, num_classes: int):
-        super().__init__(num_classes)
-
-    @classmethod
-    def from_config(cls, cfg):
-        return {"num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES}
 
     def losses(self, logits, gt_classes, soft_targets=None, alpha=0.0):
         if logits.numel() == 0:
