@@ -22,7 +22,12 @@ from ..modeling.distributed import all_reduce_sum
 from ..modeling.meta_reweight import MetaReweighter, balms_loss, meta_step
 from .trainer import LongTailTrainer
 
-__all__ = ["MetaReweightTrainer", "MetaReweightLoop", "roi_box_features"]
+__all__ = [
+    "MetaReweightTrainer",
+    "MetaReweightLoop",
+    "roi_box_features",
+    "meta_reweight_config_problems",
+]
 
 
 @torch.no_grad()
@@ -90,7 +95,6 @@ class MetaReweightLoop(SimpleTrainer):
 
 class MetaReweightTrainer(LongTailTrainer):
     def __init__(self, cfg):
-        _check_config(cfg)
         super().__init__(cfg)
         self.checkpointer.add_checkpointable("meta_reweighter", self._trainer.learner)
         self.checkpointer.add_checkpointable("meta_optimizer", self._trainer.meta_optimizer)
@@ -120,7 +124,8 @@ class MetaReweightTrainer(LongTailTrainer):
         )
 
 
-def _check_config(cfg):
+def meta_reweight_config_problems(cfg):
+    """What a config with META_REWEIGHT.ENABLED lacks (empty if nothing)."""
     problems = []
     if not cfg.MODEL.DECOUPLE.ENABLED or list(cfg.MODEL.DECOUPLE.TRAINABLE) != [
         "roi_heads.box_predictor.cls_score"
@@ -135,5 +140,4 @@ def _check_config(cfg):
         problems.append("MODEL.ROI_BOX_HEAD.CLS_LOSS BalancedSoftmaxLoss")
     if cfg.SOLVER.AMP.ENABLED:
         problems.append("SOLVER.AMP.ENABLED False")
-    if problems:
-        raise ValueError("META_REWEIGHT.ENABLED needs " + "; ".join(problems))
+    return problems

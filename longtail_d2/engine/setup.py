@@ -7,6 +7,7 @@ from detectron2.config import get_cfg
 
 from ..config import add_longtail_config
 from ..data import register_datasets_from_config
+from .meta_reweight_trainer import meta_reweight_config_problems
 
 __all__ = ["ConfigError", "load_config", "prepare_run"]
 
@@ -46,6 +47,10 @@ def load_config(config_file: str, opts=()):
         )
     if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
         raise ConfigError("SOLVER.AMP.ENABLED True needs a GPU (MODEL.DEVICE cuda)")
+    if cfg.META_REWEIGHT.ENABLED and meta_reweight_config_problems(cfg):
+        raise ConfigError(
+            "META_REWEIGHT.ENABLED needs " + "; ".join(meta_reweight_config_problems(cfg))
+        )
     cfg.freeze()
     return cfg
 

@@ -122,4 +122,7 @@ def test_meta_reweight_needs_decoupled_balanced_softmax(tmp_path, datasets_root)
         "OUTPUT_DIR",
         str(tmp_path / "x"),
     )
-    assert proc.returncode != 0 and "META_REWEIGHT.ENABLED needs" in proc.stderr
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: META_REWEIGHT.ENABLED needs MODEL.DECOUPLE.ENABLED")
+    assert not (tmp_path / "x").exists()
