@@ -75,6 +75,24 @@ def add_box_head_config(cfg):
     head.PCB.ITER_LOSS_WEIGHTS = [0.2, 0.2, 0.6]
     head.PCB.REG_ITER = 2
     head.PCB.MLP_HIDDEN = 512
+    # FASA with ROI_HEADS.NAME FASAROIHeads (SoftmaxCELoss): MOMENTUM = weight of the batch in
+    # the EMA of the class-wise feature mean and variance; AUG_LOSS_WEIGHT of the virtual
+    # features' loss; initial probabilities PROB_SCALE * ((1/n_c) / sum 1/n_k)^PROB_POWER;
+    # virtual features from START_ITER (-1: after one epoch); every ADAPT_PERIOD iterations
+    # (-1: one epoch) the held-out loss of each class group multiplies its probabilities by
+    # ADAPT_UP (fell) or ADAPT_DOWN (rose). Held out: ADAPT_DATASET if set, else the fraction
+    # HELD_OUT_FRACTION of DATASETS.TRAIN (removed from training). Never the evaluation set.
+    head.FASA = CN()
+    head.FASA.MOMENTUM = 0.1
+    head.FASA.AUG_LOSS_WEIGHT = 0.1
+    head.FASA.PROB_POWER = 1.0
+    head.FASA.PROB_SCALE = 1.0
+    head.FASA.START_ITER = -1
+    head.FASA.ADAPT_PERIOD = -1
+    head.FASA.ADAPT_UP = 1.1
+    head.FASA.ADAPT_DOWN = 0.9
+    head.FASA.ADAPT_DATASET = ""
+    head.FASA.HELD_OUT_FRACTION = 0.05
     # tau of the normalised 1x1 mask predictor (ROI_MASK_HEAD.NAME NormedMaskRCNNConvUpsampleHead).
     cfg.MODEL.ROI_MASK_HEAD.NORMED_TEMPERATURE = 20.0
 

@@ -13,36 +13,20 @@ import time
 import torch
 from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import SimpleTrainer
-from detectron2.layers import cat
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..data.class_balanced_sampler import ClassBalancedSampler, class_balanced_repeat_factors
 from ..modeling.distributed import all_reduce_sum
 from ..modeling.meta_reweight import MetaReweighter, balms_loss, meta_step
+from .roi_features import roi_box_features
 from .trainer import LongTailTrainer
 
 __all__ = [
     "MetaReweightTrainer",
     "MetaReweightLoop",
-    "roi_box_features",
     "meta_reweight_config_problems",
 ]
-
-
-@torch.no_grad()
-def roi_box_features(detector, batched_inputs):
-    """(R, D) box-head features and (R,) labels of the RoIs detectron2 samples in training."""
-    images = detector.preprocess_image(batched_inputs)
-    gt_instances = [x["instances"].to(detector.device) for x in batched_inputs]
-    features = detector.backbone(images.tensor)
-    proposals, _ = detector.proposal_generator(images, features, gt_instances)
-    heads = detector.roi_heads
-    proposals = heads.label_and_sample_proposals(proposals, gt_instances)
-    x = heads.box_pooler(
-        [features[f] for f in heads.box_in_features], [p.proposal_boxes for p in proposals]
-    )
-    return heads.box_head(x), cat([p.gt_classes for p in proposals])
 
 
 class MetaReweightLoop(SimpleTrainer):

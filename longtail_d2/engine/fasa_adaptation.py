@@ -1,0 +1,133 @@
+"""FASA's sampling adaptation, iteration-based: every PERIOD iterations, the per-class
+classification loss of the held-out images (a split of the training set by default, never the
+evaluation set) drives the class sampling probabilities of the virtual features."""
+
+import logging
+import zlib
+
+import torch
+import torch.nn.functional as F
+from detectron2.data import (
+    DatasetMapper,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
+from detectron2.engine import HookBase
+from detectron2.engine.hooks import PeriodicCheckpointer
+from torch.nn.parallel import DistributedDataParallel
+
+from ..modeling.distributed import all_reduce_sum
+from ..modeling.fasa import adapt_probabilities, class_groups
+from .roi_features import roi_box_features
+from .trainer import LongTailTrainer
+
+__all__ = ["split_held_out", "FASAAdaptationHook", "FASATrainer"]
+
+logger = logging.getLogger(__name__)
+
+
+def split_held_out(dataset_dicts, fraction):
+    """(training, held-out) records; an image is held out by a hash of its id, so the split
+    does not depend on order, seed or number of workers."""
+    held = [
+        zlib.crc32(str(d["image_id"]).encode()) % 10000 < fraction * 10000 for d in dataset_dicts
+    ]
+    return (
+        [d for d, h in zip(dataset_dicts, held) if not h],
+        [d for d, h in zip(dataset_dicts, held) if h],
+    )
+
+
+class FASAAdaptationHook(HookBase):
+    def __init__(self, period, loader, up=1.1, down=0.9):
+        self.period, self.loader, self.up, self.down = period, loader, up, down
+
+    def after_step(self):
+        next_iter = self.trainer.iter + 1
+        if next_iter % self.period == 0 and next_iter < self.trainer.max_iter:
+            self.adapt()
+
+    @torch.no_grad()
+    def held_out_losses(self, model):
+        """(C,) sum of the RoI cross-entropies of each class over all sampled RoIs' count."""
+        predictor = model.roi_heads.box_predictor
+        C = predictor.num_classes
+        totals = torch.zeros(2, C + 1, device=model.device)
+        for batch in self.loader:
+            x, gt = roi_box_features(model, batch)
+            ce = F.cross_entropy(predictor.cls_score(x.flatten(1)).float(), gt, reduction="none")
+            totals[0].index_add_(0, gt, ce)
+            totals[1].index_add_(0, gt, torch.ones_like(ce))
+        totals = all_reduce_sum(totals)
+        return totals[0, :C] / totals[1].sum().clamp(min=1)
+
+    def adapt(self):
+        model = self.trainer.model
+        model = model.module if isinstance(model, DistributedDataParallel) else model
+        predictor = model.roi_heads.box_predictor
+        model.eval()  # frozen BatchNorm statistics; the RoI sampling still runs
+        try:
+            losses = self.held_out_losses(model)
+        finally:
+            model.train()
+        if predictor.adaptations > 0:  # the first pass only records the losses
+            groups = class_groups(predictor.feature_stats.mean)
+            predictor.sample_probs.copy_(
+                adapt_probabilities(
+                    predictor.sample_probs,
+                    groups,
+                    losses,
+                    predictor.previous_losses,
+                    self.up,
+                    self.down,
+                )
+            )
+        predictor.previous_losses.copy_(losses)
+        predictor.adaptations += 1
+        self.trainer.storage.put_scalar("fasa_prob_sum", predictor.sample_probs.sum().item())
+
+
+class FASATrainer(LongTailTrainer):
+    """Trains on DATASETS.TRAIN minus the held-out split, which the adaptation hook uses."""
+
+    @classmethod
+    def fasa_splits(cls, cfg):
+        fasa = cfg.MODEL.ROI_BOX_HEAD.FASA
+        dicts = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        )
+        if fasa.ADAPT_DATASET:
+            return dicts, get_detection_dataset_dicts([fasa.ADAPT_DATASET])
+        train, held_out = split_held_out(dicts, fasa.HELD_OUT_FRACTION)
+        if not held_out or not train:
+            raise ValueError(
+                f"MODEL.ROI_BOX_HEAD.FASA.HELD_OUT_FRACTION {fasa.HELD_OUT_FRACTION} "
+                f"leaves {len(train)} training and {len(held_out)} held-out images"
+            )
+        return train, held_out
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, dataset=cls.fasa_splits(cfg)[0])
+
+    def build_hooks(self):
+        cfg, fasa = self.cfg, self.cfg.MODEL.ROI_BOX_HEAD.FASA
+        train, held_out = self.fasa_splits(cfg)
+        period = (
+            fasa.ADAPT_PERIOD
+            if fasa.ADAPT_PERIOD > 0
+            else max(len(train) // cfg.SOLVER.IMS_PER_BATCH, 1)
+        )  # one epoch
+        loader = build_detection_test_loader(held_out, mapper=DatasetMapper(cfg, is_train=True))
+        logger.info(
+            f"FASA: {len(train)} training images, {len(held_out)} held out; "
+            f"adaptation every {period} iterations"
+        )
+        hooks = super().build_hooks()
+        # Adapt before the checkpoint of the same iteration, so that it holds the new state.
+        where = next(
+            (i for i, h in enumerate(hooks) if isinstance(h, PeriodicCheckpointer)), len(hooks)
+        )
+        hooks.insert(where, FASAAdaptationHook(period, loader, fasa.ADAPT_UP, fasa.ADAPT_DOWN))
+        return hooks
