@@ -91,7 +91,7 @@ def draw_virtual_features(stats: FeatureStatistics, probs: torch.Tensor):
     return stats.mean[labels] + stats.var[labels].sqrt() * noise, labels
 
 
-def class_groups(means: torch.Tensor, seed: int = 1) -> np.ndarray:
+def class_groups(means: torch.Tensor, seed: int = 1, max_iter: int = 200) -> np.ndarray:
     """(C,) group label of each class by affinity propagation on -||mu_i - mu_j||^2; if it does
     not converge, every class is its own group."""
     from sklearn.cluster import AffinityPropagation
@@ -101,9 +101,9 @@ def class_groups(means: torch.Tensor, seed: int = 1) -> np.ndarray:
     similarity = -((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        labels = AffinityPropagation(affinity="precomputed", random_state=seed).fit_predict(
-            similarity
-        )
+        labels = AffinityPropagation(
+            affinity="precomputed", random_state=seed, max_iter=max_iter
+        ).fit_predict(similarity)
     if any(issubclass(w.category, ConvergenceWarning) for w in caught) or (labels < 0).any():
         logger.warning("FASA: class grouping did not converge; each class is its own group")
         return np.arange(len(x))

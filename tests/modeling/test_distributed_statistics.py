@@ -8,6 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from longtail_d2.modeling.losses import DropLoss, EQLv2Loss, SeesawLoss
+from longtail_d2.modeling.fasa import FeatureStatistics
 from longtail_d2.modeling.pcb import PairwiseConfusion
 
 C = 5
@@ -35,6 +36,7 @@ def run(modules, parts):
         ratios.append(modules["drop"].last_ratio)
         fg = gt < C
         modules["pcb"].update(torch.softmax(logits[fg, :C], dim=1), gt[fg])
+        modules["fasa"].update(logits[fg], gt[fg])  # the logits stand in for RoI features
     state = {f"{k}.{n}": v.clone() for k, m in modules.items() for n, v in m.state_dict().items()}
     return state, ratios
 
@@ -45,6 +47,7 @@ def new_modules():
         "seesaw": SeesawLoss(num_classes=C),
         "drop": DropLoss(num_classes=C, tail_mask=TAIL),
         "pcb": PairwiseConfusion(C, momentum=0.9),
+        "fasa": FeatureStatistics(C, C + 2),
     }
     for m in mods.values():
         m.train()
@@ -73,7 +76,7 @@ def test_two_processes_equal_one(tmp_path):
     for name, value in state.items():
         torch.testing.assert_close(ddp_state[name], value, rtol=1e-6, atol=1e-6, msg=name)
     assert state["eqlv2.pos_grad"].sum() > 0 and state["seesaw.cum_samples"].sum() > 0
-    assert state["pcb.matrix"].sum() > 0
+    assert state["pcb.matrix"].sum() > 0 and state["fasa.var"].sum() > 0
 
 
 def test_collective_is_a_no_op_in_one_process():

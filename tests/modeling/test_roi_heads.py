@@ -205,3 +205,47 @@ def test_pcb_needs_a_supported_loss(datasets_root):
     cfg = _cfg("MODEL.ROI_HEADS.NAME", "PCBROIHeads", "MODEL.ROI_BOX_HEAD.CLS_LOSS", "EQLLoss")
     with pytest.raises(ValueError, match="PCB is defined on"):
         build_model(cfg)
+
+
+def test_fasa_heads_train_infer_and_checkpoint(batches, tmp_path):
+    cfg = _cfg(
+        "MODEL.ROI_HEADS.NAME",
+        "FASAROIHeads",
+        "MODEL.ROI_BOX_HEAD.FASA.START_ITER",
+        "0",
+        "MODEL.ROI_BOX_HEAD.FASA.PROB_SCALE",
+        "12",
+    )
+    model, losses = _train_and_infer(cfg, batches)
+    assert "loss_cls_virtual" in losses
+    predictor = model.roi_heads.box_predictor
+    assert predictor.feature_stats.used.sum() > 0
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model")
+    fresh = build_model(cfg)
+    DetectionCheckpointer(fresh).load(str(tmp_path / "model.pth"))
+    fresh_predictor = fresh.roi_heads.box_predictor
+    assert torch.equal(fresh_predictor.feature_stats.mean, predictor.feature_stats.mean)
+    assert torch.equal(fresh_predictor.sample_probs, predictor.sample_probs)
+
+
+def test_virtual_features_train_the_classifier_only(datasets_root):
+    cfg = _cfg("MODEL.ROI_HEADS.NAME", "FASAROIHeads", "MODEL.ROI_BOX_HEAD.FASA.START_ITER", "0")
+    model = build_model(cfg)
+    predictor = model.roi_heads.box_predictor
+    predictor.sample_probs.fill_(1.0)
+    features = torch.randn(4, predictor.cls_score.in_features, requires_grad=True)
+    proposals = Instances((64, 64))
+    proposals.gt_classes = torch.tensor([0, 1, 2, 12])
+    with EventStorage():
+        loss = predictor.fasa_losses(features, [proposals])["loss_cls_virtual"]
+    loss.backward()
+    assert loss.item() > 0
+    assert features.grad is None  # no path back to the box head
+    assert predictor.cls_score.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.roi_heads.box_head.parameters())
+
+
+def test_fasa_needs_softmax(datasets_root):
+    cfg = _cfg("MODEL.ROI_HEADS.NAME", "FASAROIHeads", "MODEL.ROI_BOX_HEAD.CLS_LOSS", "EQLLoss")
+    with pytest.raises(ValueError, match="FASA adapts"):
+        build_model(cfg)

@@ -1,0 +1,90 @@
+"""FASA: feature statistics, virtual features, initial probabilities, grouping, adaptation."""
+
+import numpy as np
+import pytest
+import torch
+
+from longtail_d2.engine.fasa_adaptation import split_held_out
+from longtail_d2.modeling.fasa import (
+    FeatureStatistics,
+    adapt_probabilities,
+    class_groups,
+    draw_virtual_features,
+    initial_probabilities,
+)
+
+
+def test_statistics_against_numpy():
+    rng = np.random.default_rng(0)
+    x1, y1 = rng.normal(size=(7, 4)), np.array([0, 0, 0, 2, 2, 2, 1])
+    x2, y2 = rng.normal(size=(5, 4)), np.array([0, 0, 2, 2, 2])
+    s = FeatureStatistics(3, 4, momentum=0.1)
+    s.update(torch.tensor(x1, dtype=torch.float32), torch.tensor(y1))
+    # First batch of a class sets its statistics; unbiased variance; one RoI -> variance 0.
+    np.testing.assert_allclose(s.mean[0], x1[y1 == 0].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(s.var[2], x1[y1 == 2].var(0, ddof=1), rtol=1e-5)
+    np.testing.assert_allclose(s.mean[1], x1[6], rtol=1e-6)
+    assert torch.all(s.var[1] == 0)
+    s.update(torch.tensor(x2, dtype=torch.float32), torch.tensor(y2))
+    # Then an EMA with weight 0.1 on the batch; class 1 (absent) is left as it is.
+    expected = 0.1 * x2[y2 == 0].mean(0) + 0.9 * x1[y1 == 0].mean(0)
+    np.testing.assert_allclose(s.mean[0], expected, rtol=1e-5)
+    expected_var = 0.1 * x2[y2 == 2].var(0, ddof=1) + 0.9 * x1[y1 == 2].var(0, ddof=1)
+    np.testing.assert_allclose(s.var[2], expected_var, rtol=1e-5)
+    np.testing.assert_allclose(s.mean[1], x1[6], rtol=1e-6)
+    assert s.used.tolist() == [1, 1, 1]
+
+
+def test_class_seen_once_gives_its_mean():
+    s = FeatureStatistics(3, 5)
+    s.update(torch.arange(5.0)[None], torch.tensor([1]))
+    torch.manual_seed(0)
+    feats, labels = draw_virtual_features(s, torch.tensor([1.0, 1.0, 1.0]))
+    # Only class 1 has statistics; its variance is 0, so the feature is exactly its mean.
+    assert labels.tolist() == [1]
+    torch.testing.assert_close(feats[0], torch.arange(5.0))
+    assert len(draw_virtual_features(s, torch.zeros(3))[1]) == 0
+
+
+def test_initial_probabilities():
+    counts = torch.tensor([1000, 100, 10, 1])
+    p = initial_probabilities(counts)
+    assert p.sum().item() == pytest.approx(1.0)  # power 1, scale 1
+    # Proportional to 1 / n: 1000 : 100 : 10 : 1 in reverse.
+    torch.testing.assert_close(p / p[0], torch.tensor([1.0, 10.0, 100.0, 1000.0]))
+    assert initial_probabilities(torch.full((10,), 5), scale=3.0).sum().item() == pytest.approx(3.0)
+    assert torch.all(initial_probabilities(counts, scale=50.0) <= 1)  # clamped
+
+
+def test_adaptation_direction():
+    probs = torch.tensor([0.2, 0.2, 0.4, 0.5])
+    groups = np.array([0, 0, 1, 2])
+    previous = torch.tensor([1.0, 1.0, 1.0, 1.0])
+    # Group 0's loss rose (2.5 > 2): x 0.9; group 1's fell: x 1.1; group 2 unchanged: kept.
+    now = torch.tensor([1.0, 1.5, 0.5, 1.0])
+    out = adapt_probabilities(probs, groups, now, previous)
+    torch.testing.assert_close(out, torch.tensor([0.18, 0.18, 0.44, 0.5]))
+    assert (
+        adapt_probabilities(
+            torch.tensor([0.95]), [0], torch.tensor([0.0]), torch.tensor([1.0])
+        ).item()
+        == 1.0
+    )  # clamped at 1
+
+
+def test_grouping_uses_similarity_and_falls_back():
+    means = torch.tensor([[0.0, 0], [0.01, 0], [1, 1], [1.01, 1]])
+    groups = class_groups(means)
+    # Close means share a group (with distances as "similarities" they would be split apart).
+    assert groups[0] == groups[1] and groups[2] == groups[3] and groups[0] != groups[2]
+    rng = np.random.default_rng(0)
+    fallback = class_groups(torch.tensor(rng.normal(size=(30, 4))), max_iter=2)
+    assert fallback.tolist() == list(range(30))
+
+
+def test_held_out_split_is_deterministic_and_disjoint():
+    dicts = [{"image_id": i} for i in range(1000)]
+    train, held = split_held_out(dicts, 0.1)
+    assert len(train) + len(held) == 1000 and 60 < len(held) < 140
+    assert {d["image_id"] for d in train}.isdisjoint(d["image_id"] for d in held)
+    assert split_held_out(list(reversed(dicts)), 0.1)[1] == list(reversed(held))
