@@ -214,7 +214,7 @@ def test_fasa_heads_train_infer_and_checkpoint(batches, tmp_path):
         "MODEL.ROI_BOX_HEAD.FASA.START_ITER",
         "0",
         "MODEL.ROI_BOX_HEAD.FASA.PROB_SCALE",
-        "12",
+        "12.0",
     )
     model, losses = _train_and_infer(cfg, batches)
     assert "loss_cls_virtual" in losses
