@@ -46,6 +46,8 @@ METHOD_CONFIGS = {
     "SoftmaxCELoss + PCB (3 passes)": (
         "projects/PCB/configs/softmax_pcb_mask_rcnn_R_18_FPN_instant.yaml"
     ),
+    # Per-iteration cost only: the periodic held-out pass is FASA's other, separate cost.
+    "SoftmaxCELoss + FASA": "projects/FASA/configs/fasa_mask_rcnn_R_18_FPN_instant.yaml",
 }
 
 
