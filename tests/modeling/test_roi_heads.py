@@ -249,3 +249,25 @@ def test_fasa_needs_softmax(datasets_root):
     cfg = _cfg("MODEL.ROI_HEADS.NAME", "FASAROIHeads", "MODEL.ROI_BOX_HEAD.CLS_LOSS", "EQLLoss")
     with pytest.raises(ValueError, match="FASA adapts"):
         build_model(cfg)
+
+
+def test_pcb_statistics_move_once_per_step(batches):
+    """Seesaw's counts / EQL v2's gradients update in training mode only: one of the three
+    passes (plus no extra call for the box loss) may run in that mode."""
+    cfg = _cfg(
+        "MODEL.ROI_HEADS.NAME",
+        "PCBROIHeads",
+        "MODEL.ROI_BOX_HEAD.CLS_LOSS",
+        "SeesawLoss",
+        "MODEL.ROI_BOX_HEAD.PCB.MLP_HIDDEN",
+        "32",
+    )
+    model = build_model(cfg)
+    model.train()
+    modes = []
+    loss_module = model.roi_heads.box_predictor.cls_loss
+    loss_module.register_forward_hook(lambda m, i, o: modes.append(m.training))
+    with EventStorage():
+        model(batches[0])
+    assert modes == [False, False, True]
+    assert loss_module.training

@@ -88,8 +88,10 @@ class PCBOutputLayers(LongTailOutputLayers):
             with _statistics_frozen(self.cls_loss, frozen=t < len(predictions) - 1):
                 for name, value in self.cls_loss(scores.float(), gt_classes, **kwargs).items():
                     losses[f"{name}_pass{t}"] = weight * value
-        box_losses = super().losses(predictions[reg_iter], proposals)
-        losses["loss_box_reg"] = box_losses["loss_box_reg"]
+        self.log_classification_stats(last, gt_classes)
+        losses["loss_box_reg"] = self.loss_weight.get("loss_box_reg", 1.0) * self.box_loss(
+            predictions[reg_iter][1], proposals, gt_classes
+        )
         return losses
 
 

@@ -84,11 +84,21 @@ class LongTailOutputLayers(FastRCNNOutputLayers):
             else torch.empty(0, dtype=torch.int64, device=scores.device)
         )
         logits = scores.float()
-        with torch.no_grad():
-            probs = self.cls_loss.scores(logits)
-            if not self.cls_loss.has_background_score and len(probs):
-                probs[:, -1] = 1 - probs[:, :-1].max(dim=1).values
-            _log_classification_stats(probs, gt_classes)
+        self.log_classification_stats(logits, gt_classes)
+        losses = dict(self.cls_loss(logits, gt_classes))
+        losses["loss_box_reg"] = self.box_loss(proposal_deltas, proposals, gt_classes)
+        return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}
+
+    @torch.no_grad()
+    def log_classification_stats(self, logits, gt_classes):
+        """detectron2's accuracy scalars, from the loss's (R, C + 1) scores."""
+        probs = self.cls_loss.scores(logits)
+        if not self.cls_loss.has_background_score and len(probs):
+            probs[:, -1] = 1 - probs[:, :-1].max(dim=1).values
+        _log_classification_stats(probs, gt_classes)
+
+    def box_loss(self, proposal_deltas, proposals, gt_classes):
+        """detectron2's box regression loss of the proposals' deltas (fp32)."""
         if len(proposals):
             proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
             gt_boxes = cat(
@@ -97,11 +107,7 @@ class LongTailOutputLayers(FastRCNNOutputLayers):
             )
         else:
             proposal_boxes = gt_boxes = torch.empty((0, 4), device=proposal_deltas.device)
-        losses = dict(self.cls_loss(logits, gt_classes))
-        losses["loss_box_reg"] = self.box_reg_loss(
-            proposal_boxes, gt_boxes, proposal_deltas.float(), gt_classes
-        )
-        return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}
+        return self.box_reg_loss(proposal_boxes, gt_boxes, proposal_deltas.float(), gt_classes)
 
     def predict_probs(self, predictions, proposals):
         scores, _ = predictions
