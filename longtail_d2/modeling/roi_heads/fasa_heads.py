@@ -104,11 +104,7 @@ class FASAOutputLayers(LongTailOutputLayers):
 
 @ROI_HEADS_REGISTRY.register()
 class FASAROIHeads(LongTailROIHeads):
-    @classmethod
-    def _init_box_head(cls, cfg, input_shape):
-        ret = super()._init_box_head(cfg, input_shape)
-        ret["box_predictor"] = FASAOutputLayers(cfg, ret["box_head"].output_shape)
-        return ret
+    predictor_class = FASAOutputLayers
 
     def _forward_box(self, features, proposals):
         x = self.box_pooler(

@@ -103,6 +103,8 @@ def _mlp(in_features, hidden, out_features):
 
 @ROI_HEADS_REGISTRY.register()
 class PCBROIHeads(LongTailROIHeads):
+    predictor_class = PCBOutputLayers
+
     @configurable
     def __init__(
         self, *, num_passes, pass_loss_weights, reg_iter, mlp_hidden, pooled_shape, **kwargs
@@ -147,12 +149,6 @@ class PCBROIHeads(LongTailROIHeads):
                 cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION,
             ),
         )
-        return ret
-
-    @classmethod
-    def _init_box_head(cls, cfg, input_shape):
-        ret = super()._init_box_head(cfg, input_shape)
-        ret["box_predictor"] = PCBOutputLayers(cfg, ret["box_head"].output_shape)
         return ret
 
     def _forward_box(self, features, proposals):

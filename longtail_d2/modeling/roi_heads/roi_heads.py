@@ -10,10 +10,13 @@ __all__ = ["LongTailROIHeads", "LongTailCascadeROIHeads"]
 
 @ROI_HEADS_REGISTRY.register()
 class LongTailROIHeads(StandardROIHeads):
+    # The predictor this head installs; PCB's and FASA's heads name their own.
+    predictor_class = LongTailOutputLayers
+
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
         ret = super()._init_box_head(cfg, input_shape)
-        ret["box_predictor"] = LongTailOutputLayers(cfg, ret["box_head"].output_shape)
+        ret["box_predictor"] = cls.predictor_class(cfg, ret["box_head"].output_shape)
         return ret
 
 
