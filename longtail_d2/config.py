@@ -24,6 +24,9 @@ def add_dataset_config(cfg):
     # Validation images; every class appears in at least MIN_VAL_IMAGES_PER_CLASS of them.
     cfg.DATASETS.SYNTHETIC.NUM_VAL_IMAGES = 150
     cfg.DATASETS.SYNTHETIC.MIN_VAL_IMAGES_PER_CLASS = 3
+    # Held-out test images ("longtail_synth_test"), drawn like the validation ones (each class in
+    # at least MIN_VAL_IMAGES_PER_CLASS); 0 = no test split. Tune on val, report test.
+    cfg.DATASETS.SYNTHETIC.NUM_TEST_IMAGES = 0
     # Side of the square images in pixels.
     cfg.DATASETS.SYNTHETIC.IMAGE_SIZE = 128
 
@@ -33,68 +36,111 @@ def add_evaluation_config(cfg):
     cfg.TEST.LVIS_MAX_DETS_PER_IMAGE = 300
 
 
-def add_box_head_config(cfg):
+def add_loss_config(cfg):
     head = cfg.MODEL.ROI_BOX_HEAD
     # Classification loss of LongTailROIHeads / LongTailCascadeROIHeads, a LONGTAIL_LOSS_REGISTRY
     # name: SoftmaxCELoss, SigmoidCELoss, EQLLoss, DropLoss, EQLv2Loss, SeesawLoss,
-    # BalancedSoftmaxLoss, FederatedLoss (which uses FED_LOSS_NUM_CLASSES / _FREQ_WEIGHT_POWER).
+    # BalancedSigmoidLoss (alias BalancedSoftmaxLoss), FederatedLoss (which uses detectron2's
+    # FED_LOSS_NUM_CLASSES / FED_LOSS_FREQ_WEIGHT_POWER).
     head.CLS_LOSS = "SoftmaxCELoss"
     # pi of the classifier bias init -log((1 - pi) / pi) of the sigmoid losses (EQL: 0.001).
     head.PRIOR_PROB = 0.001
-    # Tail set T of EQL and DropLoss: the classes of these frequency groups ...
+
+
+def add_eql_config(cfg):
+    head = cfg.MODEL.ROI_BOX_HEAD
     head.TAIL = CN()
+    # Tail set T of EQL and DropLoss: the classes of these frequency groups ...
     head.TAIL.GROUPS = ["r", "c"]
     # ... or, when > 0, the classes of image frequency f(c) < LAMBDA (the papers' lambda;
     # 0.00177 = r + c on LVIS v0.5 only).
     head.TAIL.LAMBDA = 0.0
-    # EQL v2: gamma, mu of the mapping f(g) = 1 / (1 + exp(-gamma (g - mu))), alpha of the
-    # positive weight 1 + alpha (1 - f(g)).
+
+
+def add_eqlv2_config(cfg):
+    head = cfg.MODEL.ROI_BOX_HEAD
     head.EQLV2 = CN()
+    # gamma of the mapping f(g) = 1 / (1 + exp(-gamma (g - mu))) of the gradient ratio g.
     head.EQLV2.GAMMA = 12.0
+    # mu of the same mapping.
     head.EQLV2.MU = 0.8
+    # alpha of the positive weight 1 + alpha (1 - f(g)).
     head.EQLV2.ALPHA = 4.0
-    # Seesaw: p (mitigation exponent), q (compensation exponent), eps (score clamp).
+
+
+def add_seesaw_config(cfg):
+    head = cfg.MODEL.ROI_BOX_HEAD
     head.SEESAW = CN()
+    # p, the mitigation exponent: M_ij = (N_j / N_i)^p.
     head.SEESAW.P = 0.8
+    # q, the compensation exponent: C_ij = (s_j / s_i)^q.
     head.SEESAW.Q = 2.0
+    # eps, the clamp of the true-class score in C_ij.
     head.SEESAW.EPS = 0.01
-    # Cosine classifier of Seesaw (all logits = tau * cos + b), usable with any loss.
     head.NORMED_CLASSIFIER = CN()
+    # Seesaw's cosine classifier (all logits = tau * cos + b), usable with any loss.
     head.NORMED_CLASSIFIER.ENABLED = False
+    # tau of the cosine classifier.
     head.NORMED_CLASSIFIER.TEMPERATURE = 20.0
-    # PCB (Pairwise Class Balance) with ROI_HEADS.NAME PCBROIHeads, on SoftmaxCELoss, SeesawLoss
-    # or EQLv2Loss: momentum m of the confusion-matrix EMA, alpha of the soft targets (paper:
-    # 0.4 softmax, 0.05 Seesaw, 0.2 EQL v2), START_ITER (-1 = SOLVER.STEPS[0], i.e. after the
-    # first LR decay), NUM_ITERS passes T of the box head with classification-loss weights
-    # ITER_LOSS_WEIGHTS, box regression from pass REG_ITER, MLP_HIDDEN of the modulation MLPs.
-    head.PCB = CN()
-    head.PCB.MOMENTUM = 0.99
-    head.PCB.ALPHA = 0.4
-    head.PCB.START_ITER = -1
-    head.PCB.NUM_ITERS = 3
-    head.PCB.ITER_LOSS_WEIGHTS = [0.2, 0.2, 0.6]
-    head.PCB.REG_ITER = 2
-    head.PCB.MLP_HIDDEN = 512
-    # FASA with ROI_HEADS.NAME FASAROIHeads (SoftmaxCELoss): MOMENTUM = weight of the batch in
-    # the EMA of the class-wise feature mean and variance; AUG_LOSS_WEIGHT of the virtual
-    # features' loss; initial probabilities PROB_SCALE * ((1/n_c) / sum 1/n_k)^PROB_POWER;
-    # virtual features from START_ITER (-1: after one epoch); every ADAPT_PERIOD iterations
-    # (-1: one epoch) the held-out loss of each class group multiplies its probabilities by
-    # ADAPT_UP (fell) or ADAPT_DOWN (rose). Held out: ADAPT_DATASET if set, else the fraction
-    # HELD_OUT_FRACTION of DATASETS.TRAIN (removed from training). Never the evaluation set.
-    head.FASA = CN()
-    head.FASA.MOMENTUM = 0.1
-    head.FASA.AUG_LOSS_WEIGHT = 0.1
-    head.FASA.PROB_POWER = 1.0
-    head.FASA.PROB_SCALE = 1.0
-    head.FASA.START_ITER = -1
-    head.FASA.ADAPT_PERIOD = -1
-    head.FASA.ADAPT_UP = 1.1
-    head.FASA.ADAPT_DOWN = 0.9
-    head.FASA.ADAPT_DATASET = ""
-    head.FASA.HELD_OUT_FRACTION = 0.05
     # tau of the normalised 1x1 mask predictor (ROI_MASK_HEAD.NAME NormedMaskRCNNConvUpsampleHead).
     cfg.MODEL.ROI_MASK_HEAD.NORMED_TEMPERATURE = 20.0
+
+
+# PCB's keys before they were named for what they count (passes of the box head, not iterations).
+PCB_RENAMED_KEYS = {
+    "MODEL.ROI_BOX_HEAD.PCB.NUM_ITERS": "MODEL.ROI_BOX_HEAD.PCB.NUM_PASSES",
+    "MODEL.ROI_BOX_HEAD.PCB.ITER_LOSS_WEIGHTS": "MODEL.ROI_BOX_HEAD.PCB.PASS_LOSS_WEIGHTS",
+    "MODEL.ROI_BOX_HEAD.PCB.REG_ITER": "MODEL.ROI_BOX_HEAD.PCB.REG_PASS",
+}
+
+
+def add_pcb_config(cfg):
+    # PCB (Pairwise Class Balance) with ROI_HEADS.NAME PCBROIHeads, on SoftmaxCELoss, SeesawLoss
+    # or EQLv2Loss (or their subclasses).
+    pcb = cfg.MODEL.ROI_BOX_HEAD.PCB = CN()
+    # m, momentum of the confusion-matrix EMA.
+    pcb.MOMENTUM = 0.99
+    # alpha of the soft targets at the last pass (paper: 0.4 softmax, 0.05 Seesaw, 0.2 EQL v2).
+    pcb.ALPHA = 0.4
+    # Iteration from which PCB acts; -1 = SOLVER.STEPS[0], i.e. after the first LR decay.
+    pcb.START_ITER = -1
+    # T, passes of the shared box head (the iterative head).
+    pcb.NUM_PASSES = 3
+    # lambda_t, weight of the classification loss of each of the T passes.
+    pcb.PASS_LOSS_WEIGHTS = [0.2, 0.2, 0.6]
+    # The pass (0-based) whose box regression is trained.
+    pcb.REG_PASS = 2
+    # Hidden width of the two modulation MLPs.
+    pcb.MLP_HIDDEN = 512
+    # Old names are rejected with a message that gives the new one (yacs' renamed keys).
+    for old, new in PCB_RENAMED_KEYS.items():
+        if not cfg.key_is_renamed(old):
+            cfg.register_renamed_key(old, new)
+
+
+def add_fasa_config(cfg):
+    # FASA with ROI_HEADS.NAME FASAROIHeads (SoftmaxCELoss).
+    fasa = cfg.MODEL.ROI_BOX_HEAD.FASA = CN()
+    # Weight of the batch in the EMA of the class-wise feature mean and variance.
+    fasa.MOMENTUM = 0.1
+    # Weight of the virtual features' classification loss.
+    fasa.AUG_LOSS_WEIGHT = 0.1
+    # Initial probabilities PROB_SCALE * ((1/n_c) / sum_k 1/n_k)^PROB_POWER: the power ...
+    fasa.PROB_POWER = 1.0
+    # ... and the scale.
+    fasa.PROB_SCALE = 1.0
+    # Virtual features from this iteration on; -1: after one epoch.
+    fasa.START_ITER = -1
+    # Adaptation every ADAPT_PERIOD iterations; -1: one epoch.
+    fasa.ADAPT_PERIOD = -1
+    # A class group's probabilities are multiplied by ADAPT_UP when its held-out loss fell ...
+    fasa.ADAPT_UP = 1.1
+    # ... and by ADAPT_DOWN when it rose.
+    fasa.ADAPT_DOWN = 0.9
+    # Held-out images of the adaptation: this dataset if set ...
+    fasa.ADAPT_DATASET = ""
+    # ... else this fraction of DATASETS.TRAIN (removed from training). Never the evaluation set.
+    fasa.HELD_OUT_FRACTION = 0.05
 
 
 def add_decoupled_config(cfg):
@@ -121,11 +167,29 @@ def add_meta_reweight_config(cfg):
     cfg.META_REWEIGHT.IMS_PER_BATCH = 16
 
 
+def add_validation_config(cfg):
+    # Open every image of the datasets a run reads before it starts (in parallel, cached by file
+    # size and mtime) and compare its size with the annotation file's; False skips it (huge sets).
+    cfg.DATALOADER.CHECK_IMAGES = True
+    # --eval-only refuses a checkpoint that lacks a parameter of the model or has it in another
+    # shape (it would be evaluated at its random initialisation); True allows it.
+    cfg.TEST.ALLOW_PARTIAL_WEIGHTS = False
+    # Training refuses an OUTPUT_DIR holding a finished run (model_final.pth) or an unfinished
+    # one (last_checkpoint, model_*.pth) unless --resume; True overwrites it instead.
+    cfg.OUTPUT_DIR_OVERWRITE = False
+
+
 def add_longtail_config(cfg):
     """Add every longtail_d2 key, with its default, to a detectron2 config (in place)."""
+    add_validation_config(cfg)
     add_dataset_config(cfg)
     add_evaluation_config(cfg)
-    add_box_head_config(cfg)
+    add_loss_config(cfg)
+    add_eql_config(cfg)
+    add_eqlv2_config(cfg)
+    add_seesaw_config(cfg)
+    add_pcb_config(cfg)
+    add_fasa_config(cfg)
     add_decoupled_config(cfg)
     add_meta_reweight_config(cfg)
     return cfg

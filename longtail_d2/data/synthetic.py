@@ -4,11 +4,13 @@ Each class is a (shape, colour) pair drawn as a filled polygon on a noisy grey b
 classes are visually distinguishable and masks are exact polygons. Training image counts fall
 geometrically with the class rank, from ~40% of the images down to 2, which gives LVIS-like
 rare (1-10 images), common (11-100) and frequent (>100) groups at the default size. The
-validation set covers every class, and both splits carry ``neg_category_ids`` and some
-``not_exhaustive_category_ids`` (an annotation of that class is then left out of the file).
+validation set (and the optional held-out test set, drawn the same way after it) covers every
+class, and all splits carry ``neg_category_ids`` and some ``not_exhaustive_category_ids`` (an
+annotation of that class is then left out of the file).
 
 Layout under ``root``: ``train/*.jpg``, ``val/*.jpg``, ``lvis_train.json``, ``lvis_val.json``,
-``generator.json`` (the parameters, checked when the folder is reused).
+with ``num_test_images > 0`` also ``test/*.jpg`` and ``lvis_test.json``, and ``generator.json``
+(the parameters, checked when the folder is reused).
 """
 
 import json
@@ -49,6 +51,8 @@ class SyntheticConfig:
     min_val_images_per_class: int = 3
     image_size: int = 128
     max_objects: int = 5
+    # Held-out test split, rendered after the others so that train and val do not change.
+    num_test_images: int = 0
 
     @classmethod
     def from_cfg(cls, cfg):
@@ -60,6 +64,7 @@ class SyntheticConfig:
             num_val_images=s.NUM_VAL_IMAGES,
             min_val_images_per_class=s.MIN_VAL_IMAGES_PER_CLASS,
             image_size=s.IMAGE_SIZE,
+            num_test_images=s.NUM_TEST_IMAGES,
         )
 
 
@@ -198,9 +203,10 @@ def _train_classes(rng, cfg):
     return per_image
 
 
-def _val_classes(rng, cfg):
-    """Every class in at least ``min_val_images_per_class`` images, then 1-2 random more."""
-    n, c = cfg.num_val_images, cfg.num_classes
+def _eval_classes(rng, cfg, n):
+    """Classes of each of ``n`` evaluation images: every class in at least
+    ``min_val_images_per_class`` of them, then 1-2 random more per image."""
+    c = cfg.num_classes
     per_image = [[] for _ in range(n)]
     slots = np.tile(np.arange(c), cfg.min_val_images_per_class)
     for j, k in enumerate(rng.permutation(slots)):
@@ -221,7 +227,14 @@ def generate_longtail_dataset(root: str, cfg: SyntheticConfig = SyntheticConfig(
     rng = np.random.default_rng(cfg.seed)
     names = class_names(cfg.num_classes)
     train = _write_split(rng, cfg, tmp, "train", _train_classes(rng, cfg), cfg.num_classes)
-    val = _write_split(rng, cfg, tmp, "val", _val_classes(rng, cfg), cfg.num_classes)
+    splits = {"train": train}
+    splits["val"] = _write_split(
+        rng, cfg, tmp, "val", _eval_classes(rng, cfg, cfg.num_val_images), cfg.num_classes
+    )
+    if cfg.num_test_images > 0:
+        splits["test"] = _write_split(
+            rng, cfg, tmp, "test", _eval_classes(rng, cfg, cfg.num_test_images), cfg.num_classes
+        )
 
     image_count = np.zeros(cfg.num_classes, dtype=int)
     instance_count = np.zeros(cfg.num_classes, dtype=int)
@@ -230,7 +243,7 @@ def generate_longtail_dataset(root: str, cfg: SyntheticConfig = SyntheticConfig(
         image_count[c - 1] += 1
     for a in train["annotations"]:
         instance_count[a["category_id"] - 1] += 1
-    # As in LVIS, both splits list the *training* counts and groups.
+    # As in LVIS, every split lists the *training* counts and groups.
     categories = [
         {
             "id": k + 1,
@@ -242,7 +255,7 @@ def generate_longtail_dataset(root: str, cfg: SyntheticConfig = SyntheticConfig(
         }
         for k, (name, freq) in enumerate(zip(names, frequency_groups(image_count)))
     ]
-    for split, data in (("train", train), ("val", val)):
+    for split, data in splits.items():
         with open(os.path.join(tmp, f"lvis_{split}.json"), "w") as f:
             json.dump(dict(data, categories=categories), f)
     with open(os.path.join(tmp, "generator.json"), "w") as f:
@@ -251,7 +264,11 @@ def generate_longtail_dataset(root: str, cfg: SyntheticConfig = SyntheticConfig(
 
 
 def _params(cfg):
-    return dict(asdict(cfg), generator_version=GENERATOR_VERSION)
+    params = dict(asdict(cfg), generator_version=GENERATOR_VERSION)
+    if not cfg.num_test_images:
+        # Datasets without a test split keep the generator.json they had before it existed.
+        del params["num_test_images"]
+    return params
 
 
 def ensure_synthetic_dataset(root: str, cfg: SyntheticConfig):
