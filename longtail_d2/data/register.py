@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 SYNTHETIC_TRAIN = "longtail_synth_train"
 SYNTHETIC_VAL = "longtail_synth_val"
+SYNTHETIC_TEST = "longtail_synth_test"  # only when DATASETS.SYNTHETIC.NUM_TEST_IMAGES > 0
 
 # Normalised LVIS-format ground truth of each custom dataset, for the evaluator.
 _LVIS_GT = {}
@@ -111,6 +112,8 @@ def register_datasets_from_config(cfg):
         ensure_synthetic_dataset(root, SyntheticConfig.from_cfg(cfg))
         register_longtail_dataset(SYNTHETIC_TRAIN, os.path.join(root, "lvis_train.json"), root)
         register_longtail_dataset(SYNTHETIC_VAL, os.path.join(root, "lvis_val.json"), root)
+        if cfg.DATASETS.SYNTHETIC.NUM_TEST_IMAGES > 0:
+            register_longtail_dataset(SYNTHETIC_TEST, os.path.join(root, "lvis_test.json"), root)
     custom = [_check_triple(e) for e in cfg.DATASETS.CUSTOM]
     train = list(cfg.DATASETS.TRAIN)
     # Training sets first: test sets in COCO format take their frequency groups.
