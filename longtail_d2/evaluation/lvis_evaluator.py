@@ -4,9 +4,7 @@ detectron2's builtin LVIS splits. Writes ``metrics.json`` (``bbox/AP`` ... ``seg
 
 import copy
 import itertools
-import json
 import logging
-import os
 from collections import OrderedDict
 
 import torch
@@ -17,7 +15,7 @@ from detectron2.utils import comm
 
 from ..data import lvis_ground_truth
 from .lvis_eval import evaluate_lvis
-from .reports import frequency_group_table, plot_per_category_ap
+from .reports import frequency_group_table, write_reports
 
 __all__ = ["LongTailLVISEvaluator"]
 
@@ -100,11 +98,6 @@ class LongTailLVISEvaluator(DatasetEvaluator):
         return out
 
     def _write(self, out, rows, tasks):
-        os.makedirs(self._output_dir, exist_ok=True)
-        flat = {f"{task}/{k}": v for task, metrics in out.items() for k, v in metrics.items()}
-        with open(os.path.join(self._output_dir, "metrics.json"), "w") as f:
-            json.dump(flat, f, indent=1)
-        with open(os.path.join(self._output_dir, "per_category_ap.json"), "w") as f:
-            json.dump(rows, f, indent=1)
-        task = "segm" if "segm" in tasks else "bbox"
-        plot_per_category_ap(rows, task, os.path.join(self._output_dir, "per_category_ap.png"))
+        # Strict-JSON metrics, per-category JSON / CSV, classwise table, plots, history.jsonl and,
+        # during training, TensorBoard (see reports.write_reports).
+        write_reports(self._output_dir, out, rows, tasks, logger=self._logger)
