@@ -175,7 +175,9 @@ def group_bars_figure(runs, task):
     for tick, g in zip(ax.get_xticklabels()[1:], "rcf"):
         tick.set_color(GROUP_COLORS[g])
     ax.set_ylabel("AP")
-    ax.legend(fontsize=8, loc="best")
+    top = np.nanmax([_num(m.get(f"{task}/{k}")) for _, m in runs for k in keys] + [5.0])
+    ax.set_ylim(0, min(105, 1.12 * top))  # room for the value labels
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(len(runs), 3))
     fig.tight_layout()
     return fig
 
