@@ -6,22 +6,58 @@ A COCO file is exhaustively annotated, so it is turned into an LVIS-style file a
 negative: false positives there count), ``not_exhaustive_category_ids`` = the categories of its
 crowd annotations (unmatched detections there are ignored), crowd annotations are dropped
 (LVIS has none), and each category's ``frequency`` comes from its image count in this file.
+
+Rules (README "What is checked"): a ``bbox`` that is not 4 numbers is an error; one with a
+non-finite value or a width or height <= 0 is dropped with a warning (and an evaluation set with
+such boxes is rejected by the run's checks, see :func:`load_report`); annotation ids that are
+0, negative or duplicated are renumbered 1..N in the evaluation ground truth with a warning
+(faster-coco-eval and lvis-api take id 0 for "unmatched" and index annotations by id, so such
+ids silently lower AP).
 """
 
 import json
+import logging
+import math
 import os
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Dict, List
 
 from detectron2.structures import BoxMode
 
 from .class_statistics import frequency_groups
 
-__all__ = ["DatasetError", "LongTailJson", "load_longtail_json"]
+__all__ = ["DatasetError", "LoadReport", "LongTailJson", "load_longtail_json", "load_report"]
+
+logger = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
     """Bad annotation file or image; the message names the file and the offending value."""
+
+
+@dataclass
+class LoadReport:
+    """What loading a file dropped or changed.
+
+    Attributes:
+        invalid_box_ids: ids of the annotations dropped for a non-finite or non-positive-size bbox.
+        num_crowd: crowd annotations (iscrowd 1), which are not used as instances.
+        renumbered: whether the annotation ids were renumbered 1..N (0 or duplicated ids).
+    """
+
+    invalid_box_ids: List = field(default_factory=list)
+    num_crowd: int = 0
+    renumbered: bool = False
+
+
+# The report of the latest load of each file (by absolute path), for the run's checks.
+_REPORTS: Dict[str, LoadReport] = {}
+
+
+def load_report(json_file: str) -> LoadReport:
+    """The :class:`LoadReport` of the latest :func:`load_longtail_json` of ``json_file``."""
+    return _REPORTS.get(os.path.abspath(json_file), LoadReport())
 
 
 @dataclass
@@ -33,6 +69,7 @@ class LongTailJson:
         categories: the category dicts sorted by id (with ``frequency``).
         id_map: dataset category id -> contiguous id.
         is_lvis_format: whether the file carried the LVIS fields itself.
+        report: what loading dropped or renumbered.
     """
 
     dataset_dicts: List[dict]
@@ -40,6 +77,7 @@ class LongTailJson:
     categories: List[dict]
     id_map: Dict[int, int]
     is_lvis_format: bool
+    report: LoadReport = field(default_factory=LoadReport)
 
 
 def _read_json(json_file):
@@ -68,20 +106,84 @@ def _image_path(json_file, image_root, img):
     )
 
 
-def _check_segmentation(json_file, ann):
+def _is_number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _short(value, n=60):
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _check_segmentation(json_file, ann, height, width):
     segm = ann.get("segmentation")
     if segm is None:
         return
+    where = f"{json_file}: annotation id {ann.get('id')}: 'segmentation'"
     if isinstance(segm, list):
-        if len(segm) == 0 or any(len(p) < 6 or len(p) % 2 for p in segm):
+        if len(segm) == 0 or any(
+            not isinstance(p, list) or len(p) < 6 or len(p) % 2 for p in segm
+        ):
+            raise DatasetError(f"{where} is empty or has a polygon with fewer than 3 points")
+        if not all(_is_number(v) and math.isfinite(v) for p in segm for v in p):
+            raise DatasetError(f"{where} has a polygon coordinate that is not a finite number")
+    elif isinstance(segm, dict) and "counts" in segm and "size" in segm:
+        # pycocotools decodes an RLE at its own size: another size than the image's breaks
+        # mask IoU and training targets.
+        if list(segm["size"]) != [height, width]:
             raise DatasetError(
-                f"{json_file}: annotation id {ann.get('id')} has an empty segmentation or a "
-                "polygon with fewer than 3 points"
+                f"{where} has RLE size {_short(segm['size'])}, but the image is "
+                f"[height, width] = [{height}, {width}]"
             )
-    elif not (isinstance(segm, dict) and "counts" in segm and "size" in segm):
+    else:
+        raise DatasetError(f"{where} is malformed: neither polygons nor an RLE {{counts, size}}")
+
+
+def _box_is_valid(json_file, ann):
+    """False for a non-finite or non-positive-size box (dropped); raises for a malformed one."""
+    box = ann["bbox"]
+    if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
         raise DatasetError(
-            f"{json_file}: annotation id {ann.get('id')} has a malformed segmentation"
+            f"{json_file}: annotation id {ann.get('id')}: 'bbox' must be 4 numbers "
+            f"[x, y, width, height], got {_short(box)}"
         )
+    return all(math.isfinite(v) for v in box) and box[2] > 0 and box[3] > 0
+
+
+def _check_category_lists(json_file, img, id_map):
+    for key in ("neg_category_ids", "not_exhaustive_category_ids"):
+        ids = img.get(key, [])
+        if not isinstance(ids, list):
+            raise DatasetError(f"{json_file}: image id {img['id']}: {key!r} must be a list")
+        unknown = [c for c in ids if c not in id_map]
+        if unknown:
+            raise DatasetError(
+                f"{json_file}: image id {img['id']}: {key!r} has category id {unknown[0]}, "
+                "which is not among the file's categories"
+            )
+
+
+def _renumber_if_needed(json_file, gt_anns):
+    """Annotation ids 1..N when some are not positive integers or repeat (see the module
+    docstring); returns whether it renumbered."""
+    ids = [a["id"] for a in gt_anns]
+    bad = [i for i in ids if not (isinstance(i, int) and not isinstance(i, bool) and i > 0)]
+    repeated = {i: n for i, n in Counter(ids).items() if n > 1}
+    if not bad and not repeated:
+        return False
+    what = []
+    if bad:
+        what.append(f"{len(bad)} not a positive integer (e.g. {_short(bad[0], 20)})")
+    if repeated:
+        first = next(iter(repeated))
+        what.append(f"{len(repeated)} repeated (e.g. id {first} x{repeated[first]})")
+    logger.warning(
+        f"{json_file}: annotation ids must be unique positive integers ({'; '.join(what)}): "
+        f"renumbered 1..{len(gt_anns)} for the evaluation (scores are otherwise unaffected)"
+    )
+    for new_id, ann in enumerate(gt_anns, start=1):
+        ann["id"] = new_id
+    return True
 
 
 def load_longtail_json(json_file: str, image_root: str, check_images: bool = True) -> LongTailJson:
@@ -109,6 +211,13 @@ def load_longtail_json(json_file: str, image_root: str, check_images: bool = Tru
         for key in ("id", "height", "width"):
             if key not in img:
                 raise DatasetError(f"{json_file}: image {img.get('id', img)} lacks {key!r}")
+        for key in ("height", "width"):
+            if not (isinstance(img[key], int) and not isinstance(img[key], bool) and img[key] > 0):
+                raise DatasetError(
+                    f"{json_file}: image id {img['id']}: {key!r} must be a positive integer, "
+                    f"got {_short(img[key])}"
+                )
+        _check_category_lists(json_file, img, id_map)
         if img["id"] in images:
             raise DatasetError(f"{json_file}: duplicate image id {img['id']}")
         path = _image_path(json_file, image_root, img)
@@ -118,7 +227,10 @@ def load_longtail_json(json_file: str, image_root: str, check_images: bool = Tru
 
     anns_per_image = {i: [] for i in images}
     crowd_cats = {i: set() for i in images}
+    report = LoadReport()
     for ann in data["annotations"]:
+        if not isinstance(ann, dict):
+            raise DatasetError(f"{json_file}: annotation {_short(ann)} is not an object")
         for key in ("id", "image_id", "category_id", "bbox"):
             if key not in ann:
                 raise DatasetError(f"{json_file}: annotation id {ann.get('id')} lacks {key!r}")
@@ -132,11 +244,22 @@ def load_longtail_json(json_file: str, image_root: str, check_images: bool = Tru
                 f"{json_file}: annotation id {ann.get('id')} refers to unknown image_id "
                 f"{ann['image_id']}"
             )
-        _check_segmentation(json_file, ann)
-        if ann.get("iscrowd", 0):
+        img = images[ann["image_id"]][0]
+        _check_segmentation(json_file, ann, img["height"], img["width"])
+        if not _box_is_valid(json_file, ann):
+            report.invalid_box_ids.append(ann["id"])
+        elif ann.get("iscrowd", 0):
+            report.num_crowd += 1
             crowd_cats[ann["image_id"]].add(ann["category_id"])
         else:
             anns_per_image[ann["image_id"]].append(ann)
+    if report.invalid_box_ids:
+        ids = ", ".join(str(i) for i in report.invalid_box_ids[:5])
+        logger.warning(
+            f"{json_file}: {len(report.invalid_box_ids)} annotation(s) with a non-finite or "
+            f"non-positive-size 'bbox' dropped (ids {ids}"
+            f"{', ...' if len(report.invalid_box_ids) > 5 else ''})"
+        )
 
     all_cat_ids = set(id_map)
     dataset_dicts, gt_images, gt_anns = [], [], []
@@ -179,10 +302,12 @@ def load_longtail_json(json_file: str, image_root: str, check_images: bool = Tru
             }
         )
 
+    report.renumbered = _renumber_if_needed(json_file, gt_anns)
+    _REPORTS[os.path.abspath(json_file)] = report
     derived = frequency_groups(image_count)
     categories = [dict(c) for c in categories]
     for c, freq, n in zip(categories, derived, image_count):
         c.setdefault("frequency", freq)
         c.setdefault("image_count", n)
     lvis_gt = {"images": gt_images, "annotations": gt_anns, "categories": categories}
-    return LongTailJson(dataset_dicts, lvis_gt, categories, id_map, is_lvis)
+    return LongTailJson(dataset_dicts, lvis_gt, categories, id_map, is_lvis, report)
