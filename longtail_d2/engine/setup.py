@@ -8,14 +8,11 @@ from detectron2.config import get_cfg
 from ..config import add_longtail_config
 from ..data import register_datasets_from_config
 from .meta_reweight_trainer import meta_reweight_config_problems
+from .validation import ConfigError, check_config_values
 
 __all__ = ["ConfigError", "load_config", "prepare_run"]
 
 logger = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key."""
 
 
 def _message(error):
@@ -37,14 +34,12 @@ def load_config(config_file: str, opts=()):
         cfg.merge_from_list(list(opts))
     except (KeyError, AssertionError, ValueError) as e:
         raise ConfigError(f"command-line override: {_message(e)}") from None
+    # Ranges, LR steps, device and registry names: before the device fallback below and before
+    # any dataset is read or generated.
+    check_config_values(cfg)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE is %r but no GPU is visible: using the CPU", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
-    if cfg.SOLVER.MAX_ITER in cfg.SOLVER.STEPS:
-        # detectron2 drops steps past MAX_ITER but its scheduler rejects one equal to it.
-        raise ConfigError(
-            f"SOLVER.STEPS {tuple(cfg.SOLVER.STEPS)} contains SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER}"
-        )
     if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
         raise ConfigError("SOLVER.AMP.ENABLED True needs a GPU (MODEL.DEVICE cuda)")
     if cfg.META_REWEIGHT.ENABLED and meta_reweight_config_problems(cfg):
