@@ -16,12 +16,13 @@ import sys
 
 import yaml
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from longtail_d2.data import DatasetError
 from longtail_d2.engine import ConfigError, prepare_run, trainer_class
+from longtail_d2.engine.launch import LaunchError, find_dist_env, launch
 
 USER_ERRORS = (ConfigError, DatasetError, ValueError, OSError, yaml.YAMLError)
 
@@ -66,11 +67,10 @@ if __name__ == "__main__":
         check_weights(prepare_run(args.config_file, args.opts), args)
     except USER_ERRORS as e:
         sys.exit(one_line(e))
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        # A worker of a world torchrun or srun started (rank from the environment), or None:
+        # detectron2 spawns --num-gpus workers (--num-machines, --machine-rank, --dist-url).
+        world = find_dist_env()
+    except LaunchError as e:
+        sys.exit(one_line(e))
+    launch(main, args, world)
