@@ -4,10 +4,11 @@
 #   bash tools/setup_env.sh            # creates ./.venv (or $LONGTAIL_VENV)
 #
 # Idempotent: a second run only verifies the imports (a few seconds).
-# Installs torch 2.14.1 / torchvision 0.29.1, detectron2 (an existing one if
-# `import detectron2` works, else the pure-Python part of the sal-detectron2 wheel,
-# whose C++ extension targets another Python/torch and is removed), the pinned
-# requirements.txt, lvis (without its opencv-python dependency) and this package.
+# Where `import detectron2` already works (an existing environment, LONGTAIL_VENV=path), that
+# detectron2 and its torch are kept as they are. Otherwise it installs torch 2.14.1 /
+# torchvision 0.29.1 and the pure-Python part of the sal-detectron2 wheel (whose C++
+# extension targets another Python/torch and is removed). Then the pinned requirements.txt,
+# lvis (without its opencv-python dependency) and this package (editable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${LONGTAIL_VENV:-.venv}
@@ -27,9 +28,14 @@ pip_install() {
   "$PY" -m pip install --disable-pip-version-check -q "$@" 2> >(grep -v "is ignored: it is neither" >&2)
 }
 
-echo "[setup_env] torch 2.14.1 / torchvision 0.29.1"
-"$PY" -c "import torch, torchvision; assert torch.__version__.startswith('2.14.1')" 2>/dev/null || \
-  pip_install torch==2.14.1 torchvision==0.29.1
+if "$PY" -c "import detectron2" 2>/dev/null; then
+  # An existing detectron2 was built against this torch (maybe with CUDA): keep both.
+  echo "[setup_env] detectron2 already imports: keeping torch $("$PY" -c "import torch; print(torch.__version__)") and torchvision as they are"
+else
+  echo "[setup_env] torch 2.14.1 / torchvision 0.29.1"
+  "$PY" -c "import torch, torchvision; assert torch.__version__.startswith('2.14.1')" 2>/dev/null || \
+    pip_install torch==2.14.1 torchvision==0.29.1
+fi
 
 echo "[setup_env] pinned requirements"
 pip_install -r requirements.txt
