@@ -192,7 +192,7 @@ def dataset_summary_figure(names, frequency, image_count, instance_count, instan
         range(len(order)),
         [max(instance_count[i], 0.5) for i in order],
         color=[GROUP_COLORS[frequency[i]] for i in order],
-        width=1.0,
+        width=1.0 if len(order) > 100 else 0.85,
         linewidth=0,
     )
     left.set_yscale("log")
