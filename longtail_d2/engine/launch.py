@@ -5,8 +5,9 @@ neither did, with detectron2's ``launch`` (``--num-gpus`` processes spawned per 
 
 torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` and
 ``MASTER_PORT`` (also with ``--nnodes`` and a rendezvous). srun sets ``SLURM_PROCID``,
-``SLURM_NTASKS``, ``SLURM_LOCALID``, the tasks per node and the node list; the master is the
-first host of the list and the port is derived from the job id unless ``MASTER_PORT`` is set.
+``SLURM_STEP_NUM_TASKS`` (= ``SLURM_NTASKS`` in the step), ``SLURM_LOCALID``, ``SLURM_NODEID``,
+the tasks per node and the node list; the master is the first host of the list and the port is
+derived from the job id unless ``MASTER_ADDR`` / ``MASTER_PORT`` are set.
 """
 
 import logging
@@ -172,20 +173,20 @@ def _tasks_on_node(tasks_per_node: str, node_id: int) -> int:
 
 def slurm_env(environ: Mapping[str, str], hostnames=_scontrol_hostnames) -> Optional[DistEnv]:
     """
-    The world of an ``srun`` job step; None outside SLURM or for a single task (which then spawns
-    ``--num-gpus`` workers itself, as without SLURM).
+    The world of an ``srun`` job step; None outside one (an sbatch script or an salloc shell,
+    whose SLURM_PROCID / SLURM_NTASKS describe the allocation, not running workers) or for a
+    single task: these spawn ``--num-gpus`` workers themselves, as without SLURM.
 
     Args:
         hostnames: expands a SLURM host list (``scontrol show hostnames``); where it returns
             None the list is parsed here.
     """
-    if "SLURM_PROCID" not in environ:
+    # SLURM_STEP_* are set by srun only; srun also sets SLURM_NTASKS to the step's task count.
+    if "SLURM_PROCID" not in environ or "SLURM_STEP_NUM_TASKS" not in environ:
         return None
-    # The step's values (srun) take precedence over the job's (sbatch / salloc).
-    ntasks_key = next((k for k in ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS") if k in environ), None)
-    if ntasks_key is None or _int(environ, ntasks_key) <= 1:
+    world_size = _int(environ, "SLURM_STEP_NUM_TASKS")
+    if world_size <= 1:
         return None
-    world_size = _int(environ, ntasks_key)
     node_id = _int(environ, "SLURM_NODEID") if "SLURM_NODEID" in environ else 0
     if "SLURM_STEP_TASKS_PER_NODE" in environ:
         local_world_size = _tasks_on_node(environ["SLURM_STEP_TASKS_PER_NODE"], node_id)

@@ -1,5 +1,6 @@
 """Launch forms: torchrun and two "machines" on one host form the same 2-worker world as
-detectron2's spawn (same EQLv2 statistics and weights); SLURM / torchrun variables parsed by hand."""
+detectron2's spawn (same EQLv2 statistics and weights); SLURM and torchrun variables parsed
+into rank, world size, local rank and master address."""
 
 import os
 import socket
@@ -33,7 +34,8 @@ def _free_port():
 
 def _env():
     """The test's environment without any launcher's variables (CI might itself run in one)."""
-    launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR"}
+    launcher.add("MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if k not in launcher and not k.startswith("SLURM_")}
     # One thread per worker in every form (torchrun's default), so the arithmetic is the same.
     return dict(env, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
@@ -41,8 +43,12 @@ def _env():
 
 def _start(cmd):
     return subprocess.Popen(
-        [sys.executable, *cmd], cwd=REPO, env=_env(), text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [sys.executable, *cmd],
+        cwd=REPO,
+        env=_env(),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -60,7 +66,8 @@ def _train_net(out, *flags):
 
 
 def _final_model(out):
-    return torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)["model"]
+    path = os.path.join(out, "model_final.pth")
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +128,11 @@ def test_bad_launcher_variable_is_one_line_error(datasets_root, tmp_path):
 # --- environment parsing (no processes started) ---
 
 SLURM_2x4 = {
-    # srun --nodes 2 --ntasks-per-node 4 on gpu[07-08], task 6 (second node, local 2).
+    # What srun --nodes 2 --ntasks-per-node 4 sets (the minimum read) on gpu[07-08], task 6:
+    # second node, local rank 2.
     "SLURM_PROCID": "6",
     "SLURM_NTASKS": "8",
+    "SLURM_STEP_NUM_TASKS": "8",
     "SLURM_LOCALID": "2",
     "SLURM_NODEID": "1",
     "SLURM_TASKS_PER_NODE": "4(x2)",
@@ -143,35 +152,42 @@ def test_slurm_env_rank_world_local_rank_master():
     assert env.master_addr == "gpu07"
     # 15000 + 123456 % 20000 = 15000 + 3456
     assert env.master_port == 18456
+    assert find_dist_env(SLURM_2x4).rank == 6
 
 
 def test_slurm_env_prefers_step_values_explicit_master_and_scontrol():
-    env = slurm_env(
-        dict(
-            SLURM_2x4,
-            SLURM_STEP_NUM_TASKS="4",
-            SLURM_STEP_TASKS_PER_NODE="2(x2)",
-            SLURM_PROCID="3",
-            SLURM_LOCALID="1",
-            MASTER_PORT="29400",
-        ),
-        hostnames=lambda hostlist: ["first-of-" + hostlist, "other"],
+    step = dict(
+        SLURM_2x4,
+        SLURM_STEP_NUM_TASKS="4",
+        SLURM_STEP_TASKS_PER_NODE="2(x2)",
+        SLURM_STEP_NODELIST="cpu[1-2]",
+        SLURM_PROCID="3",
+        SLURM_LOCALID="1",
+        MASTER_PORT="29400",
     )
+    env = slurm_env(step, hostnames=_no_scontrol)
     assert (env.rank, env.world_size, env.local_rank, env.local_world_size) == (3, 4, 1, 2)
-    assert env.master_addr == "first-of-gpu[07-08]" and env.master_port == 29400
+    assert env.master_addr == "cpu1" and env.master_port == 29400
+    # scontrol show hostnames, where installed, expands the list.
+    env = slurm_env(step, hostnames=lambda hostlist: ["first-of-" + hostlist, "other"])
+    assert env.master_addr == "first-of-cpu[1-2]"
     env = slurm_env(dict(SLURM_2x4, MASTER_ADDR="10.0.0.1", SLURM_NTASKS_PER_NODE="4"))
     assert env.master_addr == "10.0.0.1" and env.local_world_size == 4
 
 
-def test_slurm_single_task_or_no_slurm_spawns_as_usual():
-    assert slurm_env(dict(SLURM_2x4, SLURM_NTASKS="1", SLURM_PROCID="0")) is None
+def test_outside_an_srun_step_or_single_task_spawns_as_usual():
+    # An sbatch script run without srun: the allocation's variables, no SLURM_STEP_*.
+    batch = {k: v for k, v in SLURM_2x4.items() if k != "SLURM_STEP_NUM_TASKS"}
+    assert slurm_env(dict(batch, SLURM_PROCID="0", SLURM_LOCALID="0")) is None
+    assert slurm_env(dict(SLURM_2x4, SLURM_STEP_NUM_TASKS="1", SLURM_PROCID="0")) is None
     assert slurm_env({"SLURM_JOB_ID": "5"}) is None
     assert find_dist_env({}) is None
 
 
 def test_slurm_uneven_tasks_per_node_rejected():
+    uneven = dict(SLURM_2x4, SLURM_STEP_NUM_TASKS="4", SLURM_TASKS_PER_NODE="3,1")
     with pytest.raises(LaunchError, match=r"'3,1' differ"):
-        slurm_env(dict(SLURM_2x4, SLURM_NTASKS="4", SLURM_TASKS_PER_NODE="3,1"), _no_scontrol)
+        slurm_env(uneven, _no_scontrol)
 
 
 @pytest.mark.parametrize(
