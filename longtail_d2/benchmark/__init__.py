@@ -1,0 +1,16 @@
+"""Seeded multi-method benchmarks (``tools/benchmark.py``): method lists, parallel runs that can
+be stopped and continued, and the mean ± std table over seeds."""
+
+from .methods import (
+    BenchmarkError,
+    Method,
+    MethodList,
+    Run,
+    dataset_overrides,
+    load_method_list,
+    plan_runs,
+    quiet,
+    select_methods,
+)
+from .results import aggregate, markdown_table, metrics_file, plot_groups, read_metrics, write_csv
+from .scheduler import check_recorded_args, command, is_finished, run_all

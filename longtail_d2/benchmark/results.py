@@ -1,0 +1,173 @@
+"""Results of benchmark runs: reading a run's LVIS metrics, mean and standard deviation over
+seeds, and the markdown table, CSV and bar chart of them."""
+
+import csv
+import glob
+import json
+import math
+import os
+
+import numpy as np
+
+__all__ = [
+    "TASKS",
+    "GROUP_KEYS",
+    "read_metrics",
+    "metrics_file",
+    "aggregate",
+    "markdown_table",
+    "write_csv",
+    "plot_groups",
+]
+
+TASKS = ("segm", "bbox")
+SUMMARY_KEYS = ("AP", "APr", "APc", "APf")
+GROUP_KEYS = ("APr", "APc", "APf")
+TASK_TITLES = {"segm": "mask", "bbox": "box"}
+GROUP_COLORS = {"APr": "tab:red", "APc": "tab:orange", "APf": "tab:blue"}
+
+
+def _has_ap(record):
+    return isinstance(record, dict) and any(f"{t}/AP" in record for t in TASKS)
+
+
+def _parse(path):
+    """The metrics dict of a file: a JSON object, or the last record with ``<task>/AP`` of a
+    JSON-lines file (detectron2's JSONWriter format); None if it has none."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    try:
+        data = json.loads(text)
+        return data if _has_ap(data) else None
+    except json.JSONDecodeError:
+        pass
+    found = None
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if _has_ap(record):
+            found = record
+    return found
+
+
+def metrics_file(output_dir, dataset):
+    """The file with the evaluation of ``dataset`` in a run's folder: ``inference/<dataset>/
+    metrics.json``, or else any other ``*.json`` there with ``<task>/AP`` keys; None if none."""
+    folder = os.path.join(output_dir, "inference", dataset)
+    candidates = [os.path.join(folder, "metrics.json")]
+    candidates += sorted(set(glob.glob(os.path.join(folder, "*.json"))) - set(candidates))
+    for path in candidates:
+        if os.path.isfile(path) and _parse(path) is not None:
+            return path
+    return None
+
+
+def read_metrics(output_dir, dataset):
+    """{"segm/APr": 12.3, ...} of a run's evaluation on ``dataset`` (null as NaN), or None."""
+    path = metrics_file(output_dir, dataset)
+    if path is None:
+        return None
+    return {
+        k: float("nan") if v is None else float(v)
+        for k, v in _parse(path).items()
+        if isinstance(v, (int, float)) or v is None
+    }
+
+
+def aggregate(results):
+    """
+    Args:
+        results: {method: [metrics dict of each finished seed]} in table order.
+    Returns:
+        {method: {"n": seeds, "<task>/<key>": (mean, std)}}, std the sample standard deviation
+        (n - 1 in the denominator; NaN with one seed). A metric that is NaN in some seed (a
+        group with no category evaluated) is averaged over the others.
+    """
+    table = {}
+    for method, runs in results.items():
+        row = {"n": len(runs)}
+        for task in TASKS:
+            for key in SUMMARY_KEYS:
+                values = np.array([r.get(f"{task}/{key}", float("nan")) for r in runs], float)
+                values = values[np.isfinite(values)]
+                mean = float(values.mean()) if len(values) else float("nan")
+                std = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+                row[f"{task}/{key}"] = (mean, std)
+        table[method] = row
+    return table
+
+
+def _tasks(table):
+    """The tasks with at least one number (a box-only model has no segm columns)."""
+    return [
+        t
+        for t in TASKS
+        if any(math.isfinite(row[f"{t}/AP"][0]) for row in table.values() if row["n"])
+    ] or ["bbox"]
+
+
+def _cell(mean, std):
+    if not math.isfinite(mean):
+        return "–"
+    return f"{mean:.1f}" if not math.isfinite(std) else f"{mean:.1f} ± {std:.1f}"
+
+
+def markdown_table(table, caption=""):
+    """One row per method: seeds, then mean ± std of AP, APr, APc, APf per task."""
+    tasks = _tasks(table)
+    header = ["method", "seeds"] + [f"{TASK_TITLES[t]} {k}" for t in tasks for k in SUMMARY_KEYS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, row in table.items():
+        cells = [method, str(row["n"])]
+        cells += [_cell(*row[f"{t}/{k}"]) for t in tasks for k in SUMMARY_KEYS]
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    return (caption + "\n\n" + text) if caption else text
+
+
+def write_csv(table, path):
+    """method, seeds, then <task>/<key> mean and std columns (empty when undefined)."""
+    columns = [f"{t}/{k}" for t in TASKS for k in SUMMARY_KEYS]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        header = [f"{c} {s}" for c in columns for s in ("mean", "std")]
+        writer.writerow(["method", "seeds"] + header)
+        for method, row in table.items():
+            values = [v for c in columns for v in row[c]]
+            cells = ["" if math.isnan(v) else f"{v:.4f}" for v in values]
+            writer.writerow([method, row["n"]] + cells)
+
+
+def plot_groups(table, path, title=""):
+    """Bar chart: APr, APc, APf of each method (mask AP, or box AP for box-only models), bars at
+    the mean over seeds, error bars one standard deviation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    task = _tasks(table)[0]
+    methods = [m for m, row in table.items() if row["n"]]
+    x = np.arange(len(methods))
+    width = 0.27
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(methods) + 2), 4.0))
+    for i, key in enumerate(GROUP_KEYS):
+        means = [table[m][f"{task}/{key}"][0] for m in methods]
+        stds = [np.nan_to_num(table[m][f"{task}/{key}"][1]) for m in methods]
+        ax.bar(x + (i - 1) * width, means, width, yerr=stds, capsize=3, label=key,
+               color=GROUP_COLORS[key])
+    ax.set_xticks(x)
+    ax.set_xticklabels(methods, rotation=30, ha="right")
+    ax.set_ylabel(f"{TASK_TITLES[task]} AP (mean ± std over seeds)")
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

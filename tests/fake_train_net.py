@@ -1,0 +1,32 @@
+#!/usr/bin/env python
+"""A stand-in for train_net.py in tests/test_benchmark_tool.py: no training, only what the
+benchmark runner reads. Parses ``--config-file C [--resume] KEY VALUE ...``, appends its argv to
+$FAKE_TRAIN_CALLS, fails if MODEL.WEIGHTS names a missing file, and writes OUTPUT_DIR/
+model_final.pth and inference/<dataset>/metrics.json for each dataset of $FAKE_TRAIN_DATASETS
+(comma-separated) with segm/APr = 10 + 2 * SEED, segm/APc = 20 + SEED, every other value 30.
+$FAKE_TRAIN_FAIL=<seed> makes that seed exit 1 before writing anything."""
+import json
+import os
+import sys
+
+args = sys.argv[1:]
+opts = [a for a in args if a != "--resume"][2:]
+kv = dict(zip(opts[::2], opts[1::2]))
+with open(os.environ["FAKE_TRAIN_CALLS"], "a") as f:
+    f.write(json.dumps(args) + "\n")
+seed = int(kv["SEED"])
+if os.environ.get("FAKE_TRAIN_FAIL") == str(seed):
+    sys.exit("error: planned failure")
+weights = kv.get("MODEL.WEIGHTS", "")
+if weights and not os.path.isfile(weights):
+    sys.exit(f"error: MODEL.WEIGHTS: {weights} not found")
+out = kv["OUTPUT_DIR"]
+os.makedirs(out, exist_ok=True)
+open(os.path.join(out, "model_final.pth"), "w").close()
+for dataset in os.environ["FAKE_TRAIN_DATASETS"].split(","):
+    folder = os.path.join(out, "inference", dataset)
+    os.makedirs(folder, exist_ok=True)
+    metrics = {f"{t}/{k}": 30.0 for t in ("bbox", "segm") for k in ("AP", "APr", "APc", "APf")}
+    metrics.update({"segm/APr": 10.0 + 2 * seed, "segm/APc": 20.0 + seed})
+    with open(os.path.join(folder, "metrics.json"), "w") as f:
+        json.dump(metrics, f)

@@ -1,0 +1,263 @@
+"""tools/benchmark.py: the table over seeds, skipping finished runs, resuming, dependencies,
+errors before anything runs, and one real run of train_net.py with a test split."""
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import INSTANT, REPO
+
+STUB = os.path.join(REPO, "tests", "fake_train_net.py")
+STAGE1_MODEL = "{stage1}/model_final.pth"
+TOOL = os.path.join(REPO, "tools", "benchmark.py")
+VAL = "longtail_synth_val"
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("benchmark_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def stub_env(tmp_path, monkeypatch):
+    calls = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_TRAIN_CALLS", str(calls))
+    monkeypatch.setenv("FAKE_TRAIN_DATASETS", VAL)
+    return calls
+
+
+def _calls(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def _opt(argv, key):
+    return argv[argv.index(key) + 1]
+
+
+def _write_list(path, methods, **top):
+    with open(path, "w") as f:
+        json.dump(dict(top, methods=methods), f)  # JSON is YAML
+    return str(path)
+
+
+def _finish(run_dir, metrics, name="metrics.json", lines=False):
+    """A finished run: model_final.pth, then its evaluation (not older than the checkpoint)."""
+    os.makedirs(os.path.join(run_dir, "inference", VAL), exist_ok=True)
+    open(os.path.join(run_dir, "model_final.pth"), "w").close()
+    with open(os.path.join(run_dir, "inference", VAL, name), "w") as f:
+        if lines:  # detectron2's JSON-lines format: the last record with AP is the one
+            f.write(json.dumps({"iteration": 9, "total_loss": 1.0}) + "\n")
+            f.write(json.dumps({**metrics, "segm/APr": -1.0}) + "\n")
+            f.write(json.dumps(metrics) + "\n")
+        else:
+            json.dump(metrics, f)
+
+
+def _metrics(apr, apc, ap=50.0):
+    out = {f"{t}/{k}": 40.0 for t in ("bbox", "segm") for k in ("AP", "APr", "APc", "APf")}
+    out.update({"segm/APr": apr, "segm/APc": apc, "segm/AP": ap})
+    return out
+
+
+def test_table_of_finished_runs_mean_and_std(tmp_path, stub_env):
+    root = tmp_path / "out"
+    lst = _write_list(
+        tmp_path / "l.yaml",
+        [{"name": "a", "config": INSTANT}, {"name": "b", "config": INSTANT}],
+    )
+    # a: APr 10, 14, 15 -> mean 13, sample std sqrt((9 + 1 + 4) / 2) = sqrt(7) = 2.6458;
+    #    APc 20, 20, 23 -> mean 21, std sqrt((1 + 1 + 4) / 2) = sqrt(3) = 1.7321.
+    # Three file formats: strict JSON, detectron2's JSON lines, another name with null values.
+    _finish(root / "a" / "seed0", _metrics(10.0, 20.0))
+    _finish(root / "a" / "seed1", _metrics(14.0, 20.0), lines=True)
+    _finish(root / "a" / "seed2", {**_metrics(15.0, 23.0), "bbox/APr": None}, "lvis_results.json")
+    # b: one seed finished; seed 1 has a checkpoint only, seed 2 an evaluation from before
+    # model_final.pth (TEST.EVAL_PERIOD): both must run again.
+    _finish(root / "b" / "seed0", _metrics(30.0, 31.0))
+    os.makedirs(root / "b" / "seed1")
+    (root / "b" / "seed1" / "last_checkpoint").write_text("model_0000004.pth")
+    _finish(root / "b" / "seed2", _metrics(99.0, 99.0))
+    metrics = root / "b" / "seed2" / "inference" / VAL / "metrics.json"
+    os.utime(metrics, (1_000_000, 1_000_000))
+
+    code = _tool().main([lst, "--output", str(root), "--train-script", STUB, "--jobs", "2"])
+    assert code == 0
+    calls = _calls(stub_env)
+    ran = sorted((_opt(c, "OUTPUT_DIR"), "--resume" in c) for c in calls)
+    assert ran == [(str(root / "b" / "seed1"), True), (str(root / "b" / "seed2"), False)]
+
+    with open(root / "benchmark.csv") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    a = rows["a"]
+    assert a["seeds"] == "3"
+    assert float(a["segm/APr mean"]) == pytest.approx(13.0)
+    assert float(a["segm/APr std"]) == pytest.approx(math.sqrt(7), abs=1e-4)
+    assert float(a["segm/APc mean"]) == pytest.approx(21.0)
+    assert float(a["segm/APc std"]) == pytest.approx(math.sqrt(3), abs=1e-4)
+    assert float(a["segm/AP std"]) == 0.0 and float(a["bbox/APf mean"]) == 40.0
+    assert float(a["bbox/APr mean"]) == 40.0  # null (no rare category) in seed 2: left out
+    # b: seed 0 (APr 30) and the stub's seeds 1, 2 (APr 10 + 2 * seed = 12, 14).
+    b = rows["b"]
+    assert b["seeds"] == "3"
+    assert float(b["segm/APr mean"]) == pytest.approx((30 + 12 + 14) / 3, abs=1e-4)
+    table = (root / "benchmark.md").read_text()
+    assert "| a | 3 | 50.0 ± 0.0 | 13.0 ± 2.6 | 21.0 ± 1.7 | 40.0 ± 0.0 |" in table
+    assert (root / "benchmark.png").stat().st_size > 0
+
+    # Everything finished now: a second call starts nothing.
+    assert _tool().main([lst, "--output", str(root), "--train-script", STUB]) == 0
+    assert len(_calls(stub_env)) == 2
+
+
+def test_dependency_substitution_order_and_failure(tmp_path, stub_env, monkeypatch, capsys):
+    root = tmp_path / "out"
+    lst = _write_list(
+        tmp_path / "l.yaml",
+        [
+            {"name": "stage2", "config": INSTANT, "overrides": ["MODEL.WEIGHTS", STAGE1_MODEL]},
+            {"name": "stage1", "config": INSTANT, "overrides": ["SOLVER.BASE_LR", "0.001"]},
+        ],
+    )
+    monkeypatch.setenv("FAKE_TRAIN_FAIL", "1")  # stage1 seed 1 fails: stage2 seed 1 never starts
+    argv = [lst, "--output", str(root), "--train-script", STUB, "--seeds", "0", "1", "--jobs", "2"]
+    assert _tool().main(argv) == 1
+    calls = _calls(stub_env)
+    started = [(_opt(c, "OUTPUT_DIR"), _opt(c, "SEED")) for c in calls]
+    assert sorted(started) == [
+        (str(root / "stage1" / "seed0"), "0"),
+        (str(root / "stage1" / "seed1"), "1"),
+        (str(root / "stage2" / "seed0"), "0"),
+    ]
+    # stage2 seed 0 ran after stage1 seed 0 and read its model (the stub fails otherwise).
+    assert started.index((str(root / "stage2" / "seed0"), "0")) > started.index(
+        (str(root / "stage1" / "seed0"), "0")
+    )
+    stage2 = calls[started.index((str(root / "stage2" / "seed0"), "0"))]
+    assert _opt(stage2, "MODEL.WEIGHTS") == str(root / "stage1" / "seed0" / "model_final.pth")
+    with open(root / "benchmark.csv") as f:
+        rows = {r["method"]: r["seeds"] for r in csv.DictReader(f)}
+    assert rows == {"stage2": "1", "stage1": "1"}  # list order kept in the table
+
+    # --methods stage2 pulls in stage1; the dry run prints the commands and starts nothing.
+    monkeypatch.delenv("FAKE_TRAIN_FAIL")
+    capsys.readouterr()
+    argv = [lst, "--methods", "stage2", "--dry-run", "--seeds", "1", "--output", str(root)]
+    assert _tool().main(argv + ["--train-script", STUB]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "# stage1 seed 1 (to run)" and lines[2] == "# stage2 seed 1 (to run)"
+    assert f"MODEL.WEIGHTS {root}/stage1/seed1/model_final.pth" in lines[3]
+    assert len(_calls(stub_env)) == 3
+
+
+@pytest.mark.parametrize(
+    "methods,message",
+    [
+        ([{"name": "a", "config": INSTANT, "depends_on": "zz"}], "depends on unknown method 'zz'"),
+        ([{"name": "a", "config": INSTANT, "overrides": ["X", "{a}/m.pth"]}], "depends on itself"),
+        ([{"name": "a", "config": "no/such.yaml"}], "config file no/such.yaml not found"),
+        ([{"name": "a", "config": INSTANT}, {"name": "a", "config": INSTANT}], "listed twice"),
+        ([{"name": "a", "config": INSTANT, "overrides": ["SOLVER.NO_SUCH", "1"]}], "method 'a'"),
+        ([{"name": "a", "config": INSTANT}], "does not evaluate 'longtail_synth_test'"),
+    ],
+)
+def test_bad_input_fails_before_anything_runs(tmp_path, stub_env, methods, message):
+    lst = _write_list(tmp_path / "l.yaml", methods)
+    root = tmp_path / "out"
+    tool = _tool()
+    with pytest.raises(tool.BenchmarkError, match=message):
+        tool.main([lst, "--split", "test", "--output", str(root), "--train-script", STUB])
+    assert not root.exists() and not _calls(stub_env)
+
+
+def test_bad_input_is_one_line_on_the_command_line(tmp_path):
+    lst = _write_list(tmp_path / "l.yaml", [{"name": "a", "config": INSTANT, "depends_on": "zz"}])
+    out = subprocess.run(
+        [sys.executable, TOOL, lst, "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert out.returncode == 1
+    assert out.stderr == f"error: {lst}: method 'a' depends on unknown method 'zz'\n"
+
+
+def test_folder_started_with_other_arguments_is_an_error(tmp_path, stub_env):
+    root = tmp_path / "out"
+    lst = _write_list(tmp_path / "l.yaml", [{"name": "a", "config": INSTANT}])
+    tool = _tool()
+    assert tool.main([lst, "--output", str(root), "--train-script", STUB, "--seeds", "0"]) == 0
+    argv = [lst, "SOLVER.BASE_LR", "0.1", "--output", str(root), "--train-script", STUB]
+    argv += ["--seeds", "0"]
+    with pytest.raises(tool.BenchmarkError, match="started with other arguments"):
+        tool.main(argv)
+
+
+def test_end_to_end_train_net_on_val_and_test(tmp_path, datasets_root):
+    """Two iterations of the instant config through train_net.py, on a dataset preset (a
+    config whose DATASETS node every run takes) with a held-out test split."""
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(
+        f'_BASE_: "{INSTANT}"\n'
+        "DATASETS:\n"
+        "  SYNTHETIC:\n"
+        '    ROOT: "longtail_synth_instant_bench"\n'
+        "    NUM_TEST_IMAGES: 6\n"
+        '  TEST: ("longtail_synth_val", "longtail_synth_test")\n'
+    )
+    lst = _write_list(
+        tmp_path / "l.yaml",
+        [{"name": "softmax", "config": INSTANT}],
+        dataset=str(preset),
+        overrides=["SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "(1,)", "TEST.DETECTIONS_PER_IMAGE", 20],
+    )
+    root = tmp_path / "out"
+    out = subprocess.run(
+        [sys.executable, TOOL, lst, "--seeds", "3", "--output", str(root), "--threads", "1"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    run = root / "softmax" / "seed3"
+    with open(run / "inference" / "longtail_synth_test" / "metrics.json") as f:
+        test = json.load(f)
+    assert (run / "inference" / VAL / "metrics.json").is_file()
+    generated = os.path.join(datasets_root, "longtail_synth_instant_bench")
+    assert os.path.isfile(os.path.join(generated, "lvis_test.json"))
+    # The run trained 2 iterations with seed 3 (detectron2's config dump of the run).
+    dumped = (run / "config.yaml").read_text()
+    assert "MAX_ITER: 2\n" in dumped and "SEED: 3\n" in dumped
+    # The table reports the test split (the last of DATASETS.TEST) with one seed.
+    table = (root / "benchmark.md").read_text()
+    row = [line for line in table.splitlines() if line.startswith("| softmax |")][0]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    expected = [test.get(f"segm/{k}") for k in ("AP", "APr", "APc", "APf")]
+    assert cells[1] == "1"
+    assert cells[2:6] == ["–" if v is None or math.isnan(v) else f"{v:.1f}" for v in expected]
+    assert "longtail_synth_test" in table.splitlines()[0]
+    assert "[1/1] softmax seed 3 done" in out.stdout
+
+
+@pytest.mark.parametrize("name", ["methods_demo.yaml", "methods_benchmark.yaml"])
+def test_shipped_method_lists_load(tmp_path, capsys, name):
+    # Every config and override of the shipped lists loads, and each run evaluates the split the
+    # table reports (the dry run checks both before printing; nothing is generated or trained).
+    lst = os.path.join(REPO, "benchmarks", name)
+    assert _tool().main([lst, "--dry-run", "--seeds", "0", "--output", str(tmp_path)]) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines() if "train_net.py" in line]
+    methods = {
+        "softmax", "softmax_rfs", "sigmoid", "eql", "droploss", "eqlv2", "seesaw",
+        "balanced_softmax", "federated", "sigmoid_rfs", "balanced_softmax_decoupled",
+        "balms_decoupled", "softmax_pcb", "fasa",
+    }
+    assert {c.split("OUTPUT_DIR ")[1].split("/")[-2] for c in commands} == methods
+    if name == "methods_benchmark.yaml":
+        assert all("DATASETS.SYNTHETIC.ROOT longtail_synth_bench" in c for c in commands)
