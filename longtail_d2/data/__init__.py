@@ -1,4 +1,11 @@
-from .class_statistics import ClassStatistics, compute_class_statistics, get_class_statistics
+from .class_statistics import (
+    ClassStatistics,
+    category_frequency,
+    compute_class_statistics,
+    get_class_statistics,
+    rfs_repeat_factors,
+    training_class_statistics,
+)
 from .lvis_json import DatasetError, load_longtail_json
 from .register import (
     SYNTHETIC_TRAIN,

@@ -1,17 +1,22 @@
-"""Dataset registration: custom LVIS/COCO-format files from ``DATASETS.CUSTOM``, the generated
-long-tailed set from ``DATASETS.SYNTHETIC`` and class statistics for detectron2's builtin LVIS
-names. Every dataset registered here has ``evaluator_type="lvis"`` and its class statistics in
-its metadata (see :mod:`longtail_d2.data.class_statistics`)."""
+"""Dataset registration: custom LVIS/COCO-format files from ``DATASETS.CUSTOM`` and the generated
+long-tailed set from ``DATASETS.SYNTHETIC``. Every dataset registered here has
+``evaluator_type="lvis"`` and its class statistics in its metadata (see
+:mod:`longtail_d2.data.class_statistics`); its LVIS-format ground truth is rebuilt from its
+files on request (:func:`lvis_ground_truth`), not kept in a module-level table."""
 
+import functools
 import json
 import logging
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets.lvis_v0_5_categories import LVIS_CATEGORIES as LVIS_V0_5_CATEGORIES
-from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES as LVIS_V1_CATEGORIES
 
-from .class_statistics import compute_class_statistics, get_class_statistics, set_class_statistics
+from .class_statistics import (
+    category_frequency,
+    compute_class_statistics,
+    get_class_statistics,
+    set_class_statistics,
+)
 from .lvis_json import DatasetError, load_longtail_json
 from .synthetic import SyntheticConfig, ensure_synthetic_dataset
 
@@ -29,9 +34,6 @@ SYNTHETIC_TRAIN = "longtail_synth_train"
 SYNTHETIC_VAL = "longtail_synth_val"
 SYNTHETIC_TEST = "longtail_synth_test"  # only when DATASETS.SYNTHETIC.NUM_TEST_IMAGES > 0
 
-# Normalised LVIS-format ground truth of each custom dataset, for the evaluator.
-_LVIS_GT = {}
-
 
 def datasets_root():
     return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
@@ -39,6 +41,19 @@ def datasets_root():
 
 def _resolve(path):
     return path if os.path.isabs(path) else os.path.join(datasets_root(), path)
+
+
+@functools.lru_cache(maxsize=8)
+def _load(json_file: str, image_root: str, mtime_ns: int):
+    """One parse per file version (registration and evaluation share it); callers must not
+    modify the result."""
+    return load_longtail_json(json_file, image_root)
+
+
+def _load_file(json_file: str, image_root: str):
+    if not os.path.isfile(json_file):
+        raise DatasetError(f"{json_file}: annotation file not found")
+    return _load(json_file, image_root, os.stat(json_file).st_mtime_ns)
 
 
 def register_longtail_dataset(name: str, json_file: str, image_root: str, frequency_from=()):
@@ -57,14 +72,13 @@ def register_longtail_dataset(name: str, json_file: str, image_root: str, freque
             return
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
-    loaded = load_longtail_json(json_file, image_root)
+    loaded = _load_file(json_file, image_root)
     dicts = loaded.dataset_dicts
     classes = [c.get("synonyms", [c["name"]])[0] for c in loaded.categories]
+    frequency = [c["frequency"] for c in loaded.categories]
     if not loaded.is_lvis_format and frequency_from:
         if classes == list(MetadataCatalog.get(frequency_from[0]).thing_classes):
             frequency = get_class_statistics(list(frequency_from)).frequency
-            for cat, freq in zip(loaded.categories, frequency):
-                cat["frequency"] = freq
         else:
             logger.warning(
                 f"{name}: classes differ from {frequency_from[0]}'s; its frequency groups come "
@@ -77,20 +91,25 @@ def register_longtail_dataset(name: str, json_file: str, image_root: str, freque
         json_file=json_file,
         image_root=image_root,
         evaluator_type="lvis",
-        category_frequency=[c["frequency"] for c in loaded.categories],
+        category_frequency=list(frequency),
         is_lvis_format=loaded.is_lvis_format,
     )
     set_class_statistics(name, compute_class_statistics(dicts, len(loaded.categories)))
-    _LVIS_GT[name] = loaded.lvis_gt
 
 
 def lvis_ground_truth(dataset_name: str) -> dict:
-    """The LVIS-format ground truth dict of a registered dataset (custom or builtin LVIS)."""
-    if dataset_name in _LVIS_GT:
-        return _LVIS_GT[dataset_name]
-    json_file = MetadataCatalog.get(dataset_name).json_file
-    with open(json_file) as f:
-        return json.load(f)
+    """The LVIS-format ground truth dict of a registered dataset (custom or builtin LVIS), found
+    through its metadata (``json_file``, ``image_root``). A dataset registered here gets its
+    categories' ``frequency`` from its metadata (a COCO test set: the training set's groups);
+    the returned ``categories`` are new dicts, shared with nothing else."""
+    meta = MetadataCatalog.get(dataset_name)
+    if "is_lvis_format" not in meta.as_dict():  # detectron2's builtin LVIS registration
+        with open(meta.json_file) as f:
+            return json.load(f)
+    gt = _load_file(meta.json_file, meta.image_root).lvis_gt
+    frequency = category_frequency(dataset_name)
+    categories = [dict(c, frequency=f) for c, f in zip(gt["categories"], frequency)]
+    return {**gt, "categories": categories}
 
 
 def _check_triple(entry):
@@ -126,18 +145,3 @@ def register_datasets_from_config(cfg):
                 f"dataset {name!r} is not registered: add it to DATASETS.CUSTOM as "
                 "(name, json_file, image_root) or use a builtin name such as 'lvis_v1_train'"
             )
-
-
-def _register_builtin_lvis_frequency():
-    """detectron2 registers the LVIS splits with class names only: add frequency groups."""
-    for prefix, categories in (
-        ("lvis_v0.5_", LVIS_V0_5_CATEGORIES),
-        ("lvis_v1_", LVIS_V1_CATEGORIES),
-    ):
-        frequency = [c["frequency"] for c in sorted(categories, key=lambda c: c["id"])]
-        for name in DatasetCatalog.list():
-            if name.startswith(prefix) and "cocofied" not in name:
-                MetadataCatalog.get(name).set(category_frequency=frequency)
-
-
-_register_builtin_lvis_frequency()

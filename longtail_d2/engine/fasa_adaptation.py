@@ -1,6 +1,7 @@
 """FASA's sampling adaptation, iteration-based: every PERIOD iterations, the per-class
 classification loss of the held-out images (a split of the training set by default, never the
-evaluation set) drives the class sampling probabilities of the virtual features."""
+evaluation set) drives the class sampling probabilities of the virtual features. The hook only
+computes those losses; the predictor (``FASAOutputLayers.adapt``) owns and updates its state."""
 
 import logging
 import zlib
@@ -10,15 +11,14 @@ import torch.nn.functional as F
 from detectron2.data import (
     DatasetMapper,
     build_detection_test_loader,
-    build_detection_train_loader,
     get_detection_dataset_dicts,
 )
 from detectron2.engine import HookBase
 from detectron2.engine.hooks import PeriodicCheckpointer
 from torch.nn.parallel import DistributedDataParallel
 
+from ..data.resumable_loader import build_resumable_train_loader
 from ..modeling.distributed import all_reduce_sum
-from ..modeling.fasa import adapt_probabilities, class_groups
 from .roi_features import roi_box_features
 from .trainer import LongTailTrainer
 
@@ -40,8 +40,11 @@ def split_held_out(dataset_dicts, fraction):
 
 
 class FASAAdaptationHook(HookBase):
-    def __init__(self, period, loader, up=1.1, down=0.9):
-        self.period, self.loader, self.up, self.down = period, loader, up, down
+    """Every ``period`` iterations: held-out losses of the model's predictor, then its
+    ``adapt(losses)`` (a ``FASAOutputLayers``)."""
+
+    def __init__(self, period, loader):
+        self.period, self.loader = period, loader
 
     def after_step(self):
         next_iter = self.trainer.iter + 1
@@ -56,7 +59,7 @@ class FASAAdaptationHook(HookBase):
         totals = torch.zeros(2, C + 1, device=model.device)
         for batch in self.loader:
             x, gt = roi_box_features(model, batch)
-            ce = F.cross_entropy(predictor.cls_score(x.flatten(1)).float(), gt, reduction="none")
+            ce = F.cross_entropy(predictor.classifier(x.flatten(1)).float(), gt, reduction="none")
             totals[0].index_add_(0, gt, ce)
             totals[1].index_add_(0, gt, torch.ones_like(ce))
         totals = all_reduce_sum(totals)
@@ -71,21 +74,8 @@ class FASAAdaptationHook(HookBase):
             losses = self.held_out_losses(model)
         finally:
             model.train()
-        if predictor.adaptations > 0:  # the first pass only records the losses
-            groups = class_groups(predictor.feature_stats.mean)
-            predictor.sample_probs.copy_(
-                adapt_probabilities(
-                    predictor.sample_probs,
-                    groups,
-                    losses,
-                    predictor.previous_losses,
-                    self.up,
-                    self.down,
-                )
-            )
-        predictor.previous_losses.copy_(losses)
-        predictor.adaptations += 1
-        self.trainer.storage.put_scalar("fasa_prob_sum", predictor.sample_probs.sum().item())
+        probs = predictor.adapt(losses)
+        self.trainer.storage.put_scalar("fasa_prob_sum", probs.sum().item())
 
 
 class FASATrainer(LongTailTrainer):
@@ -109,7 +99,7 @@ class FASATrainer(LongTailTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, dataset=cls.fasa_splits(cfg)[0])
+        return build_resumable_train_loader(cfg, dataset=cls.fasa_splits(cfg)[0])
 
     def build_hooks(self):
         cfg, fasa = self.cfg, self.cfg.MODEL.ROI_BOX_HEAD.FASA
@@ -129,5 +119,5 @@ class FASATrainer(LongTailTrainer):
         where = next(
             (i for i, h in enumerate(hooks) if isinstance(h, PeriodicCheckpointer)), len(hooks)
         )
-        hooks.insert(where, FASAAdaptationHook(period, loader, fasa.ADAPT_UP, fasa.ADAPT_DOWN))
+        hooks.insert(where, FASAAdaptationHook(period, loader))
         return hooks

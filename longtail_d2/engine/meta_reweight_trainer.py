@@ -11,15 +11,19 @@ its Adam state are checkpointed next to the model.
 import time
 
 import torch
-from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import get_detection_dataset_dicts
 from detectron2.engine import SimpleTrainer
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..data.class_balanced_sampler import ClassBalancedSampler, class_balanced_repeat_factors
+from ..data.resumable_loader import build_resumable_train_loader
 from ..modeling.distributed import all_reduce_sum
+from ..modeling.losses import LONGTAIL_LOSS_REGISTRY, BalancedSigmoidLoss
 from ..modeling.meta_reweight import MetaReweighter, balms_loss, meta_step
-from .roi_features import roi_box_features
+from ..modeling.roi_heads import LongTailOutputLayers, LongTailROIHeads
+from .roi_features import check_roi_features_supported, roi_box_features
 from .trainer import LongTailTrainer
 
 __all__ = [
@@ -30,15 +34,29 @@ __all__ = [
 
 
 class MetaReweightLoop(SimpleTrainer):
-    def __init__(self, model, data_loader, optimizer, meta_loader, learner, meta_optimizer):
+    def __init__(
+        self,
+        model,
+        data_loader,
+        optimizer,
+        meta_loader,
+        learner,
+        meta_optimizer,
+        classifier,
+        class_freq,
+    ):
+        """
+        Args:
+            classifier: the trained layer, (R, D) box-head features -> (R, C) logits.
+            class_freq: (C,) training image frequency of the Balanced Sigmoid loss.
+        """
         super().__init__(model, data_loader, optimizer)
         self.meta_loader = meta_loader
         self._meta_iter = None
         self.learner = learner
         self.meta_optimizer = meta_optimizer
-        predictor = model.roi_heads.box_predictor
-        self.classifier = predictor.cls_score
-        self.class_freq = predictor.cls_loss.class_freq
+        self.classifier = classifier
+        self.class_freq = class_freq
 
     def run_step(self):
         start = time.perf_counter()
@@ -90,21 +108,33 @@ class MetaReweightTrainer(LongTailTrainer):
         learner = MetaReweighter(cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.META_REWEIGHT.INIT_WEIGHT)
         learner.to(model.device)
         meta_optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.META_REWEIGHT.LR)
+        check_roi_features_supported(model.roi_heads)
+        predictor: LongTailOutputLayers = model.roi_heads.box_predictor
         return MetaReweightLoop(
-            model, data_loader, optimizer, self.build_meta_loader(cfg), learner, meta_optimizer
+            model,
+            data_loader,
+            optimizer,
+            self.build_meta_loader(cfg),
+            learner,
+            meta_optimizer,
+            classifier=predictor.classifier,
+            class_freq=predictor.class_frequency,
         )
 
     @classmethod
     def build_meta_loader(cls, cfg):
-        """Class-balanced batches of META_REWEIGHT.IMS_PER_BATCH images of DATASETS.TRAIN."""
+        """Class-balanced batches of META_REWEIGHT.IMS_PER_BATCH images of DATASETS.TRAIN,
+        resumable exactly like the training loader (its own stream of per-sample seeds)."""
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
-        sampler = ClassBalancedSampler(
-            class_balanced_repeat_factors(dataset), seed=cfg.SEED if cfg.SEED >= 0 else None
-        )
-        return build_detection_train_loader(
-            cfg, dataset=dataset, sampler=sampler, total_batch_size=cfg.META_REWEIGHT.IMS_PER_BATCH
+        factors = class_balanced_repeat_factors(dataset)
+        return build_resumable_train_loader(
+            cfg,
+            dataset=dataset,
+            sampler_factory=lambda seed: ClassBalancedSampler(factors, seed=seed),
+            total_batch_size=cfg.META_REWEIGHT.IMS_PER_BATCH,
+            stream=1,
         )
 
 
@@ -118,10 +148,15 @@ def meta_reweight_config_problems(cfg):
             "MODEL.DECOUPLE.ENABLED True with TRAINABLE ['roi_heads.box_predictor."
             "cls_score'] (only the classifier is meta-trained)"
         )
-    if cfg.MODEL.ROI_HEADS.NAME != "LongTailROIHeads":
+    # By type, so that subclasses and registry aliases qualify: the standard box path (RoI
+    # features are replayed) with longtail_d2's predictor, and the loss balms_loss re-weights.
+    heads = ROI_HEADS_REGISTRY.get(cfg.MODEL.ROI_HEADS.NAME)
+    if not issubclass(heads, LongTailROIHeads) or heads._forward_box is not (
+        LongTailROIHeads._forward_box
+    ):
         problems.append("MODEL.ROI_HEADS.NAME LongTailROIHeads")
-    if cfg.MODEL.ROI_BOX_HEAD.CLS_LOSS != "BalancedSoftmaxLoss":
-        problems.append("MODEL.ROI_BOX_HEAD.CLS_LOSS BalancedSoftmaxLoss")
+    if not issubclass(LONGTAIL_LOSS_REGISTRY.get(cfg.MODEL.ROI_BOX_HEAD.CLS_LOSS), BalancedSigmoidLoss):
+        problems.append("MODEL.ROI_BOX_HEAD.CLS_LOSS BalancedSigmoidLoss")
     if cfg.SOLVER.AMP.ENABLED:
         problems.append("SOLVER.AMP.ENABLED False")
     return problems

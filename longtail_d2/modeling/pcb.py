@@ -5,7 +5,7 @@ A confusion matrix M (row: ground-truth class, column: predicted class) is kept 
 mean predicted distribution of each class's positive RoIs. Once active, the classification loss
 of the t-th pass of the iterative box head gets "fight-back" soft targets with weight
 alpha_t = alpha t / (T - 1): if class i is often predicted as y, RoIs of y get target mass on i.
-Soft targets per base loss (PCB_VARIANTS):
+Soft targets per base loss (PCB_VARIANTS, keyed by loss class; a subclass inherits its base's):
 - SoftmaxCELoss, SeesawLoss: q_r = column y_r of M normalised over rows (P(GT = i | predicted y)),
   rows of M re-normalised after each update;
 - EQLv2Loss: Y'_r = alpha_t M[:, y_r] + (1 - alpha_t) onehot(y_r) over the C class channels, with M
@@ -13,14 +13,15 @@ Soft targets per base loss (PCB_VARIANTS):
 """
 
 from dataclasses import dataclass
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn
 
 from .distributed import all_reduce_sum
+from .losses import EQLv2Loss, SeesawLoss, SoftmaxCELoss
 
-__all__ = ["PairwiseConfusion", "pcb_alphas", "PCBVariant", "PCB_VARIANTS"]
+__all__ = ["PairwiseConfusion", "pcb_alphas", "PCBVariant", "PCB_VARIANTS", "pcb_variant"]
 
 
 class PairwiseConfusion(nn.Module):
@@ -107,7 +108,13 @@ def _softmax_classes(logits, num_classes):
 
 
 PCB_VARIANTS = {
-    "SoftmaxCELoss": PCBVariant(_softmax_classes, True, _fight_back),
-    "SeesawLoss": PCBVariant(_softmax_classes, True, _fight_back),
-    "EQLv2Loss": PCBVariant(lambda z, c: torch.sigmoid(z[:, :c]), False, _eqlv2_targets),
+    SoftmaxCELoss: PCBVariant(_softmax_classes, True, _fight_back),
+    SeesawLoss: PCBVariant(_softmax_classes, True, _fight_back),
+    EQLv2Loss: PCBVariant(lambda z, c: torch.sigmoid(z[:, :c]), False, _eqlv2_targets),
 }
+
+
+def pcb_variant(loss: nn.Module) -> Optional[PCBVariant]:
+    """How PCB plugs into ``loss``: the variant of the nearest class of its type's MRO in
+    PCB_VARIANTS (so a subclass of a supported loss is supported); None if there is none."""
+    return next((PCB_VARIANTS[k] for k in type(loss).__mro__ if k in PCB_VARIANTS), None)

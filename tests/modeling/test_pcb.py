@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longtail_d2.modeling.losses import seesaw_loss
+from longtail_d2.modeling.losses import EQLv2Loss, SeesawLoss, SoftmaxCELoss, seesaw_loss
 from longtail_d2.modeling.losses.eqlv2 import eqlv2_loss
 from longtail_d2.modeling.losses.softmax_ce import softmax_ce_soft_loss
 from longtail_d2.modeling.pcb import PCB_VARIANTS, PairwiseConfusion, pcb_alphas
@@ -51,18 +51,18 @@ def _confusion():
 
 def test_fight_back_targets_sum_to_one():
     m = _confusion()
-    kwargs = PCB_VARIANTS["SoftmaxCELoss"].loss_kwargs(m, torch.tensor([1, 0]), 0.4)
+    kwargs = PCB_VARIANTS[SoftmaxCELoss].loss_kwargs(m, torch.tensor([1, 0]), 0.4)
     q = kwargs["soft_targets"]
     # Column 1 of M over its sum: (0.3, 0.7, 0.4) / 1.4, i.e. P(GT = i | predicted 1).
     torch.testing.assert_close(q[0], torch.tensor([0.3, 0.7, 0.4]) / 1.4)
     torch.testing.assert_close(q.sum(1), torch.ones(2))
     assert kwargs["alpha"] == 0.4
-    assert PCB_VARIANTS["SeesawLoss"].loss_kwargs(m, torch.tensor([1]), 0.0) == {}
+    assert PCB_VARIANTS[SeesawLoss].loss_kwargs(m, torch.tensor([1]), 0.0) == {}
 
 
 def test_eqlv2_targets_mix_raw_matrix_and_one_hot():
     m = _confusion()
-    y = PCB_VARIANTS["EQLv2Loss"].loss_kwargs(m, torch.tensor([2]), 0.2)["soft_targets"]
+    y = PCB_VARIANTS[EQLv2Loss].loss_kwargs(m, torch.tensor([2]), 0.2)["soft_targets"]
     # 0.2 * M[:, 2] + 0.8 * onehot(2) = 0.2 * (0.1, 0.1, 0.5) + (0, 0, 0.8)
     torch.testing.assert_close(y[0], torch.tensor([0.02, 0.02, 0.9]))
 

@@ -3,6 +3,7 @@ in checkpoints; the cascade heads, cosine classifier and normalised mask head.""
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -11,10 +12,12 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
+from longtail_d2.data import ClassStatistics
 from longtail_d2.engine import load_config, prepare_run
 from longtail_d2.modeling import LongTailOutputLayers
-from longtail_d2.modeling.losses import LONGTAIL_LOSS_REGISTRY
-from longtail_d2.modeling.losses.registry import tail_mask, training_statistics
+from longtail_d2.modeling.losses import LONGTAIL_LOSS_REGISTRY, SeesawLoss
+from longtail_d2.modeling.losses.registry import tail_mask
+from longtail_d2.modeling.roi_heads import NormedConv2d, NormedLinear
 from tests.conftest import INSTANT
 
 LOSSES = sorted(name for name, _ in LONGTAIL_LOSS_REGISTRY)
@@ -64,7 +67,8 @@ def test_each_loss_trains_and_infers(loss, batches):
     assert predictor.cls_score.weight.grad.abs().sum() > 0
     if predictor.cls_loss.uses_prior_prob:  # bias -log((1 - pi) / pi), pi = 0.001
         assert predictor.cls_score.bias[0].item() == pytest.approx(-6.9068, abs=1e-3)
-    expected = {"loss_cls_classes", "loss_cls_objectness"} if loss == "SeesawLoss" else {"loss_cls"}
+    seesaw = isinstance(predictor.cls_loss, SeesawLoss)
+    expected = {"loss_cls_classes", "loss_cls_objectness"} if seesaw else {"loss_cls"}
     assert expected | {"loss_box_reg", "loss_mask"} <= set(losses)
 
 
@@ -86,8 +90,8 @@ def test_cascade_normed_classifier_and_mask_head(batches, tmp_path):
     stages = [p.cls_loss for p in model.roi_heads.box_predictor]
     assert len({id(s) for s in stages}) == 3  # statistics per stage
     assert all(s.neg_grad.sum() > 0 for s in stages)
-    assert type(model.roi_heads.mask_head.predictor).__name__ == "NormedConv2d"
-    assert type(model.roi_heads.box_predictor[0].cls_score).__name__ == "NormedLinear"
+    assert isinstance(model.roi_heads.mask_head.predictor, NormedConv2d)
+    assert isinstance(model.roi_heads.box_predictor[0].cls_score, NormedLinear)
     # The statistics are in the checkpoint and come back with it (what --resume relies on).
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model")
     fresh = build_model(cfg)
@@ -122,19 +126,27 @@ def test_losses_are_fp32_under_reduced_precision():
     assert all(v.dtype == torch.float32 for v in losses.values())
 
 
-def test_tail_set_from_groups_or_lambda(datasets_root, caplog):
-    cfg = _cfg()
-    stats = training_statistics(cfg)
-    by_group = tail_mask(cfg, stats)
-    assert by_group.tolist() == [g in ("r", "c") for g in stats.frequency]
-    # A lambda that also takes frequent classes: a warning names the counts.
-    cut = float(sorted(stats.image_frequency)[-1])
-    lam = load_config(INSTANT, ["MODEL.ROI_BOX_HEAD.TAIL.LAMBDA", str(cut)])
+def test_tail_set_from_groups_or_lambda(caplog):
+    # Four classes in 1000 images: image counts 500 (f), 150 (f), 50 (c), 3 (r).
+    stats = ClassStatistics(
+        np.array([500, 150, 50, 3]), np.array([900, 200, 60, 3]), 1000, ["f", "f", "c", "r"]
+    )
+    cfg = load_config(INSTANT)
+    assert tail_mask(cfg, stats).tolist() == [False, False, True, True]
+    only_rare = load_config(INSTANT, ["MODEL.ROI_BOX_HEAD.TAIL.GROUPS", "['r']"])
+    assert tail_mask(only_rare, stats).tolist() == [False, False, False, True]
+    # lambda = 0.2 takes f = 0.15 (a frequent class) too: a warning names the counts.
+    lam = load_config(INSTANT, ["MODEL.ROI_BOX_HEAD.TAIL.LAMBDA", "0.2"])
     with caplog.at_level(logging.WARNING):
         mask = tail_mask(lam, stats)
-    assert mask.tolist() == (stats.image_frequency < cut).tolist()
-    if "f" in stats.frequency:
-        assert "frequent" in caplog.text
+    assert mask.tolist() == [False, True, True, True]
+    assert "including 1 frequent and missing 0 rare/common" in caplog.text
+    # lambda = 0.06 is exactly r + c here: no warning.
+    caplog.clear()
+    exact = load_config(INSTANT, ["MODEL.ROI_BOX_HEAD.TAIL.LAMBDA", "0.06"])
+    with caplog.at_level(logging.WARNING):
+        assert tail_mask(exact, stats).tolist() == [False, False, True, True]
+    assert "TAIL.LAMBDA" not in caplog.text
 
 
 def test_num_classes_mismatch_is_an_error(datasets_root):
@@ -190,11 +202,15 @@ def test_pcb_gate(batches):
     with EventStorage(start_iter=0) as storage:  # before START_ITER: inactive
         model(batches[0])
         assert storage.latest()["pcb_active"][0] == 0.0
-    predictor.confusion.seen.zero_()
-    with EventStorage(start_iter=10) as storage:  # after it, but some class never seen
+    # After START_ITER, with one class unseen so far and absent from the batch: inactive.
+    present = set(torch.cat([b["instances"].gt_classes for b in batches[0]]).tolist())
+    absent = min(set(range(cfg.MODEL.ROI_HEADS.NUM_CLASSES)) - present)
+    with EventStorage(start_iter=10) as storage:
+        predictor.confusion.seen.fill_(1)
+        predictor.confusion.seen[absent] = 0
         model(batches[0])
-        seen_all = predictor.confusion.all_seen()
-        assert storage.latest()["pcb_active"][0] == float(seen_all)
+        assert predictor.confusion.seen[absent] == 0
+        assert storage.latest()["pcb_active"][0] == 0.0
     predictor.confusion.seen.fill_(1)
     with EventStorage(start_iter=10) as storage:
         model(batches[0])
@@ -252,8 +268,8 @@ def test_fasa_needs_softmax(datasets_root):
 
 
 def test_pcb_statistics_move_once_per_step(batches):
-    """Seesaw's counts / EQL v2's gradients update in training mode only: one of the three
-    passes (plus no extra call for the box loss) may run in that mode."""
+    """Seesaw's counts after one step of the three-pass head are the counts of that step's
+    RoIs, once (the reference code triples them)."""
     cfg = _cfg(
         "MODEL.ROI_HEADS.NAME",
         "PCBROIHeads",
@@ -264,10 +280,14 @@ def test_pcb_statistics_move_once_per_step(batches):
     )
     model = build_model(cfg)
     model.train()
-    modes = []
     loss_module = model.roi_heads.box_predictor.cls_loss
-    loss_module.register_forward_hook(lambda m, i, o: modes.append(m.training))
+    labels = []
+    loss_module.register_forward_hook(lambda m, i, o: labels.append(i[1]))
     with EventStorage():
         model(batches[0])
-    assert modes == [False, False, True]
-    assert loss_module.training
+    assert len(labels) == 3 and all(torch.equal(labels[0], y) for y in labels)
+    C = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    once = torch.bincount(labels[0], minlength=C + 1)[:C].float()
+    assert once.sum() > 0
+    torch.testing.assert_close(loss_module.cum_samples, once)
+    assert loss_module.training and loss_module.updates_statistics

@@ -1,6 +1,6 @@
 """Classification losses: pure functions plus thin modules that keep their statistics."""
 
-from .balanced_softmax import BalancedSoftmaxLoss, balanced_sigmoid_loss
+from .balanced_softmax import BalancedSigmoidLoss, BalancedSoftmaxLoss, balanced_sigmoid_loss
 from .base import ClassificationLoss
 from .droploss import DropLoss, drop_loss
 from .eql import EQLLoss, eql_loss

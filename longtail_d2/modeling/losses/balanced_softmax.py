@@ -1,4 +1,4 @@
-"""Balanced Softmax, sigmoid variant (Ren et al., "Balanced Meta-Softmax for Long-Tailed
+"""Balanced Softmax, sigmoid variant: ``BalancedSigmoidLoss`` (Ren et al., "Balanced Meta-Softmax for Long-Tailed
 Visual Recognition", NeurIPS 2020; reference implementation of BALMS for instance segmentation).
 
 On foreground RoIs every logit is shifted by the log-odds of its class's image frequency,
@@ -12,10 +12,10 @@ import torch
 from detectron2.config import configurable
 
 from .base import ClassificationLoss, check_logits, one_hot_targets
-from .registry import LONGTAIL_LOSS_REGISTRY, training_statistics
+from .registry import LONGTAIL_LOSS_REGISTRY
 from .sigmoid_ce import sigmoid_scores, weighted_bce
 
-__all__ = ["balanced_sigmoid_loss", "balanced_logits", "BalancedSoftmaxLoss"]
+__all__ = ["balanced_sigmoid_loss", "balanced_logits", "BalancedSigmoidLoss", "BalancedSoftmaxLoss"]
 
 # pi is clamped into [FREQ_EPS, 1 - FREQ_EPS]: a class in every (or no) training image would
 # otherwise get an infinite shift.
@@ -53,7 +53,7 @@ def balanced_sigmoid_loss(
 
 
 @LONGTAIL_LOSS_REGISTRY.register()
-class BalancedSoftmaxLoss(ClassificationLoss):
+class BalancedSigmoidLoss(ClassificationLoss):
     """Logits (R, C); scores sigma(z) (unshifted) plus a zero background column.
     Buffer: class_freq (C,), the image frequency of each class in DATASETS.TRAIN."""
 
@@ -68,19 +68,24 @@ class BalancedSoftmaxLoss(ClassificationLoss):
         self.register_buffer("class_freq", class_freq.clone().float())
 
     @classmethod
-    def from_config(cls, cfg):
-        num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-        stats = training_statistics(cfg)
-        # Without statistics (eval-only elsewhere) 0.5 = no shift until the checkpoint loads.
-        freq = (
-            torch.as_tensor(stats.image_frequency)
-            if stats is not None
-            else torch.full((num_classes,), 0.5)
-        )
-        return {"num_classes": num_classes, "class_freq": freq}
+    def from_config(cls, cfg, stats):
+        # The statistics placeholder (eval-only elsewhere) has f = 1/2: no shift until the
+        # checkpoint's buffer loads.
+        freq = torch.as_tensor(stats.image_frequency)
+        return {"num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES, "class_freq": freq}
+
+    @property
+    def class_frequency(self):
+        return self.class_freq
 
     def losses(self, logits, gt_classes):
         return {"loss_cls": balanced_sigmoid_loss(logits, gt_classes, self.class_freq)}
 
     def scores(self, logits):
         return sigmoid_scores(logits)
+
+
+# The name of the paper and of the first releases. The loss is the *sigmoid* variant, hence the
+# new name; configs with CLS_LOSS "BalancedSoftmaxLoss" keep working (the same class).
+BalancedSoftmaxLoss = BalancedSigmoidLoss
+LONGTAIL_LOSS_REGISTRY._do_register("BalancedSoftmaxLoss", BalancedSigmoidLoss)

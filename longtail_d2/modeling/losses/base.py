@@ -6,7 +6,8 @@ reported integration bug of the long-tail forks). Scores are always (R, C+1), ba
 as detectron2's ``fast_rcnn_inference`` expects.
 """
 
-from typing import Dict  # noqa: F401  (annotations)
+from contextlib import contextmanager
+from typing import Dict, Optional  # noqa: F401  (annotations)
 
 import torch
 from detectron2.config import configurable
@@ -47,6 +48,12 @@ class ClassificationLoss(nn.Module):
     RoI beyond the C classes: 0, 1 or 2) and ``uses_prior_prob`` (initialise the classifier bias
     to -log((1 - pi) / pi), as the sigmoid losses do), and implement ``losses`` and ``scores``.
     Statistics they keep are buffers: they follow the device and are checkpointed.
+
+    Running statistics (the one contract for every stateful loss): a loss whose buffers
+    accumulate over the training stream (Seesaw's counts, EQL v2's gradients) sets
+    ``has_running_statistics = True`` and moves them inside ``losses`` only when
+    :attr:`updates_statistics` is True. Callers that evaluate the loss more than once per step
+    (PCB's earlier passes) wrap the extra calls in :meth:`frozen_statistics`.
     """
 
     extra_logits: int = 1
@@ -54,15 +61,41 @@ class ClassificationLoss(nn.Module):
     # False when ``scores`` appends a zero background column (sigmoid losses without a
     # background logit); the predictor then logs accuracy with "no class above 1/2" as background.
     has_background_score: bool = True
+    # True when buffers accumulate statistics of the training stream (see the class docstring).
+    has_running_statistics: bool = False
 
     @configurable
     def __init__(self, num_classes: int):
         super().__init__()
         self.num_classes = num_classes
+        self._frozen_depth = 0
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg, stats):
+        """Keyword arguments from the config and the training set's ClassStatistics ``stats``."""
         return {"num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES}
+
+    @property
+    def updates_statistics(self) -> bool:
+        """Whether a call now may move the running statistics: in training mode and outside
+        :meth:`frozen_statistics`."""
+        return self.training and self._frozen_depth == 0
+
+    @contextmanager
+    def frozen_statistics(self):
+        """Within this block the loss is computed as usual (same value, same gradient) but its
+        running statistics do not move. Nests; the training mode is left untouched."""
+        self._frozen_depth += 1
+        try:
+            yield
+        finally:
+            self._frozen_depth -= 1
+
+    @property
+    def class_frequency(self) -> Optional[torch.Tensor]:
+        """(C,) image frequency f(c) of the training set that the loss is built on (the label
+        prior of Balanced Sigmoid, used by BALMS's meta step); None for losses without one."""
+        return None
 
     @property
     def num_logits(self) -> int:

@@ -10,7 +10,7 @@ import torch
 from detectron2.config import configurable
 
 from .base import ClassificationLoss, check_logits, one_hot_targets
-from .registry import LONGTAIL_LOSS_REGISTRY, tail_mask, training_statistics
+from .registry import LONGTAIL_LOSS_REGISTRY, tail_mask
 from .sigmoid_ce import sigmoid_scores, weighted_bce
 
 __all__ = ["eql_loss", "EQLLoss"]
@@ -56,8 +56,7 @@ class EQLLoss(ClassificationLoss):
         self.register_buffer("tail_mask", tail_mask.clone())
 
     @classmethod
-    def from_config(cls, cfg):
-        stats = training_statistics(cfg)
+    def from_config(cls, cfg, stats):
         return {"num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES, "tail_mask": tail_mask(cfg, stats)}
 
     def losses(self, logits, gt_classes):

@@ -107,6 +107,7 @@ class EQLv2Loss(ClassificationLoss):
 
     extra_logits = 1
     uses_prior_prob = True
+    has_running_statistics = True
 
     @configurable
     def __init__(self, num_classes: int, gamma: float = 12.0, mu: float = 0.8, alpha: float = 4.0):
@@ -116,7 +117,7 @@ class EQLv2Loss(ClassificationLoss):
         self.register_buffer("neg_grad", torch.zeros(num_classes))
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg, stats):
         c = cfg.MODEL.ROI_BOX_HEAD.EQLV2
         return {
             "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
@@ -136,7 +137,7 @@ class EQLv2Loss(ClassificationLoss):
             self.alpha,
             soft_targets,
         )
-        if self.training:
+        if self.updates_statistics:
             increments = all_reduce_sum(torch.stack([pos_inc, neg_inc]).to(self.pos_grad.dtype))
             self.pos_grad += increments[0]
             self.neg_grad += increments[1]

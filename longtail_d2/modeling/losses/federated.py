@@ -12,7 +12,7 @@ from detectron2.config import configurable
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 
 from .base import ClassificationLoss, one_hot_targets
-from .registry import LONGTAIL_LOSS_REGISTRY, training_statistics
+from .registry import LONGTAIL_LOSS_REGISTRY
 from .sigmoid_ce import sigmoid_scores, weighted_bce
 
 __all__ = ["FederatedLoss"]
@@ -39,14 +39,9 @@ class FederatedLoss(ClassificationLoss):
         self.register_buffer("fed_loss_cls_weights", class_weights.clone().float())
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg, stats):
         num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-        stats = training_statistics(cfg)
-        counts = (
-            torch.as_tensor(stats.image_count, dtype=torch.float32)
-            if stats is not None
-            else torch.ones(num_classes)
-        )
+        counts = torch.as_tensor(stats.image_count, dtype=torch.float32)
         return {
             "num_classes": num_classes,
             "class_weights": counts.pow(cfg.MODEL.ROI_BOX_HEAD.FED_LOSS_FREQ_WEIGHT_POWER),

@@ -6,47 +6,27 @@ import numpy as np
 import torch
 from detectron2.utils.registry import Registry
 
-from ...data import get_class_statistics
-
-__all__ = [
-    "LONGTAIL_LOSS_REGISTRY",
-    "build_classification_loss",
-    "training_statistics",
-    "tail_mask",
-]
+__all__ = ["LONGTAIL_LOSS_REGISTRY", "build_classification_loss", "tail_mask"]
 
 logger = logging.getLogger(__name__)
 
 LONGTAIL_LOSS_REGISTRY = Registry("LONGTAIL_LOSS")
 LONGTAIL_LOSS_REGISTRY.__doc__ = """
 Classification losses of the box predictor (subclasses of ClassificationLoss). Each is built
-with ``cls(cfg)`` (detectron2 ``@configurable``) and declares its logit width and activation.
+with ``cls(cfg, stats)`` (detectron2 ``@configurable``; ``stats`` the ClassStatistics of the
+training set) and declares its logit width and activation.
 """
 
 
-def build_classification_loss(cfg):
-    """The loss named by cfg.MODEL.ROI_BOX_HEAD.CLS_LOSS, built from cfg."""
-    return LONGTAIL_LOSS_REGISTRY.get(cfg.MODEL.ROI_BOX_HEAD.CLS_LOSS)(cfg)
+def build_classification_loss(cfg, stats):
+    """
+    The loss named by cfg.MODEL.ROI_BOX_HEAD.CLS_LOSS.
 
-
-def training_statistics(cfg):
-    """Class statistics of DATASETS.TRAIN, checked against NUM_CLASSES; None (with a warning)
-    when the training annotations cannot be read, e.g. ``--eval-only`` on another machine:
-    the statistics buffers then come from the checkpoint."""
-    try:
-        stats = get_class_statistics(list(cfg.DATASETS.TRAIN))
-    except OSError as e:  # only a missing file; training would then fail in its data loader
-        logger.warning(
-            f"No class statistics of DATASETS.TRAIN ({e}); the loss buffers must "
-            "come from MODEL.WEIGHTS"
-        )
-        return None
-    if stats.num_classes != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
-        raise ValueError(
-            f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES} but "
-            f"DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} has {stats.num_classes} classes"
-        )
-    return stats
+    Args:
+        stats: class statistics of DATASETS.TRAIN (``longtail_d2.data.ClassStatistics``: the
+            predictor computes them and hands them over; losses never read a dataset).
+    """
+    return LONGTAIL_LOSS_REGISTRY.get(cfg.MODEL.ROI_BOX_HEAD.CLS_LOSS)(cfg, stats)
 
 
 def tail_mask(cfg, stats) -> torch.Tensor:
@@ -55,9 +35,6 @@ def tail_mask(cfg, stats) -> torch.Tensor:
     MODEL.ROI_BOX_HEAD.TAIL.GROUPS (default r + c: what the published lambda selects on the
     version it was tuned for), or f(c) < lambda when MODEL.ROI_BOX_HEAD.TAIL.LAMBDA > 0.
     """
-    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    if stats is None:
-        return torch.zeros(num_classes, dtype=torch.bool)
     lam = cfg.MODEL.ROI_BOX_HEAD.TAIL.LAMBDA
     groups = np.array(stats.frequency)
     if lam > 0:

@@ -76,6 +76,7 @@ class SeesawLoss(ClassificationLoss):
     """
 
     extra_logits = 2
+    has_running_statistics = True
 
     @configurable
     def __init__(self, num_classes: int, p: float = 0.8, q: float = 2.0, eps: float = 1e-2):
@@ -84,12 +85,12 @@ class SeesawLoss(ClassificationLoss):
         self.register_buffer("cum_samples", torch.zeros(num_classes))
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg, stats):
         c = cfg.MODEL.ROI_BOX_HEAD.SEESAW
         return {"num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES, "p": c.P, "q": c.Q, "eps": c.EPS}
 
     def losses(self, logits, gt_classes, soft_targets=None, alpha=0.0):
-        if self.training:
+        if self.updates_statistics:
             counts = torch.bincount(gt_classes, minlength=self.num_classes + 1)[: self.num_classes]
             self.cum_samples += all_reduce_sum(counts.to(self.cum_samples.dtype))
         loss_classes, loss_obj = seesaw_loss(

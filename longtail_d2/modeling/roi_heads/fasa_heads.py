@@ -1,9 +1,11 @@
 """FASA's box predictor and ROI heads (Zang et al., ICCV 2021; see longtail_d2.modeling.fasa).
 
-``FASAROIHeads`` passes the box-head features (the classifier input) to the predictor, which
-updates the class-wise statistics from the positive RoIs and adds the loss of the virtual
-features, computed by the classification layer alone. The sampling probabilities are adapted by
-``longtail_d2.engine.fasa_adaptation.FASAAdaptationHook``.
+The box path is detectron2's ``StandardROIHeads._forward_box``: the predictor's ``forward``
+returns its predictions together with the box-head features (the classifier input), and its
+``losses`` updates the class-wise statistics from the positive RoIs and adds the loss of the
+virtual features, computed by the classification layer alone. The predictor owns its sampling
+state; ``longtail_d2.engine.fasa_adaptation.FASAAdaptationHook`` computes held-out losses and
+calls :meth:`FASAOutputLayers.adapt`.
 """
 
 import torch
@@ -13,12 +15,26 @@ from detectron2.layers import cat
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY
 from detectron2.utils.events import get_event_storage
 
-from ..fasa import FeatureStatistics, draw_virtual_features, initial_probabilities
-from ..losses.registry import training_statistics
+from ...data import training_class_statistics
+from ..fasa import (
+    FeatureStatistics,
+    adapt_probabilities,
+    class_groups,
+    draw_virtual_features,
+    initial_probabilities,
+)
+from ..losses import SoftmaxCELoss
 from .predictor import LongTailOutputLayers
 from .roi_heads import LongTailROIHeads
 
 __all__ = ["FASAOutputLayers", "FASAROIHeads"]
+
+
+class _Predictions(tuple):
+    """(scores, deltas), as detectron2 unpacks them, plus ``features`` (R, D): the classifier
+    input, which reaches ``losses`` through detectron2's unchanged ``_forward_box``."""
+
+    features: torch.Tensor
 
 
 class FASAOutputLayers(LongTailOutputLayers):
@@ -33,6 +49,8 @@ class FASAOutputLayers(LongTailOutputLayers):
         prob_power=1.0,
         prob_scale=1.0,
         start_iter=0,
+        adapt_up=1.1,
+        adapt_down=0.9,
         **kwargs,
     ):
         """
@@ -42,15 +60,17 @@ class FASAOutputLayers(LongTailOutputLayers):
             aug_loss_weight: weight of the virtual features' loss.
             prob_power, prob_scale: p_c = scale * ((1 / n_c) / sum_k 1 / n_k)^power, clamped.
             start_iter: virtual features from this iteration on (statistics are kept before).
+            adapt_up, adapt_down: factors of a class group's probabilities in :meth:`adapt`.
             kwargs: LongTailOutputLayers arguments.
         """
         super().__init__(input_shape, **kwargs)
-        if type(self.cls_loss).__name__ != "SoftmaxCELoss":
+        if not isinstance(self.cls_loss, SoftmaxCELoss):
             raise ValueError(
                 "FASA adapts its sampling from per-RoI softmax cross-entropies: it needs "
                 f"MODEL.ROI_BOX_HEAD.CLS_LOSS SoftmaxCELoss, not {type(self.cls_loss).__name__}"
             )
         self.aug_loss_weight, self.start_iter = aug_loss_weight, start_iter
+        self.adapt_up, self.adapt_down = adapt_up, adapt_down
         self.feature_stats = FeatureStatistics(
             self.num_classes, self.cls_score.in_features, momentum
         )
@@ -61,17 +81,12 @@ class FASAOutputLayers(LongTailOutputLayers):
         self.register_buffer("adaptations", torch.zeros((), dtype=torch.int64))
 
     @classmethod
-    def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
+    def from_config(cls, cfg, input_shape, class_stats=None):
+        stats = class_stats if class_stats is not None else training_class_statistics(cfg)
+        ret = super().from_config(cfg, input_shape, stats)
         fasa = cfg.MODEL.ROI_BOX_HEAD.FASA
-        stats = training_statistics(cfg)
-        counts = (
-            torch.as_tensor(stats.instance_count)
-            if stats is not None
-            else torch.ones(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
-        )
         ret.update(
-            instance_count=counts,
+            instance_count=torch.as_tensor(stats.instance_count),
             momentum=fasa.MOMENTUM,
             aug_loss_weight=fasa.AUG_LOSS_WEIGHT,
             prob_power=fasa.PROB_POWER,
@@ -80,10 +95,24 @@ class FASAOutputLayers(LongTailOutputLayers):
             start_iter=(
                 fasa.START_ITER
                 if fasa.START_ITER >= 0
-                else (stats.num_images // cfg.SOLVER.IMS_PER_BATCH if stats is not None else 0)
+                else stats.num_images // cfg.SOLVER.IMS_PER_BATCH
             ),
+            adapt_up=fasa.ADAPT_UP,
+            adapt_down=fasa.ADAPT_DOWN,
         )
         return ret
+
+    def forward(self, x):
+        """detectron2's (scores, deltas), carrying the flattened features ``x`` (R, D)."""
+        x = x.flatten(1)
+        predictions = _Predictions(super().forward(x))
+        predictions.features = x
+        return predictions
+
+    def losses(self, predictions, proposals):
+        losses = super().losses(predictions, proposals)
+        losses.update(self.fasa_losses(predictions.features, proposals))
+        return losses
 
     def fasa_losses(self, features, proposals):
         """Updates the statistics from the positive RoIs of ``features`` (R, D) and returns the
@@ -101,22 +130,33 @@ class FASAOutputLayers(LongTailOutputLayers):
         logits = self.cls_score(virtual).float()
         return {"loss_cls_virtual": self.aug_loss_weight * F.cross_entropy(logits, labels)}
 
+    @torch.no_grad()
+    def adapt(self, losses: torch.Tensor) -> torch.Tensor:
+        """
+        FASA's sampling adaptation from this round's per-class held-out losses (C,): the
+        first round only records them; later rounds group the classes by their feature means
+        and scale each group's probabilities by ``adapt_down`` (its summed loss rose) or
+        ``adapt_up`` (it fell). Returns the new (C,) probabilities.
+        """
+        if self.adaptations > 0:
+            groups = class_groups(self.feature_stats.mean)
+            self.sample_probs.copy_(
+                adapt_probabilities(
+                    self.sample_probs,
+                    groups,
+                    losses,
+                    self.previous_losses,
+                    self.adapt_up,
+                    self.adapt_down,
+                )
+            )
+        self.previous_losses.copy_(losses)
+        self.adaptations += 1
+        return self.sample_probs
+
 
 @ROI_HEADS_REGISTRY.register()
 class FASAROIHeads(LongTailROIHeads):
-    predictor_class = FASAOutputLayers
+    """detectron2's standard ROI heads with FASA's predictor (and FASATrainer's adaptation)."""
 
-    def _forward_box(self, features, proposals):
-        x = self.box_pooler(
-            [features[f] for f in self.box_in_features], [p.proposal_boxes for p in proposals]
-        )
-        x = self.box_head(x).flatten(1)
-        predictions = self.box_predictor(x)
-        if self.training:
-            if self.train_on_pred_boxes:
-                raise NotImplementedError("FASAROIHeads with ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES")
-            losses = self.box_predictor.losses(predictions, proposals)
-            losses.update(self.box_predictor.fasa_losses(x, proposals))
-            return losses
-        instances, _ = self.box_predictor.inference(predictions, proposals)
-        return instances
+    predictor_class = FASAOutputLayers

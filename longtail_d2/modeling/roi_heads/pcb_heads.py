@@ -3,10 +3,10 @@
 The shared box head runs T times on the pooled RoI features; between passes the features are
 modulated by the previous pass: f_{t+1} = f_t * MLP_loc(deltas_t) (a 7 x 7 map) + MLP_cls(logits_t)
 (a channel bias). The classification loss of pass t is weighted lambda_t and uses PCB's soft
-targets with alpha_t; box regression is trained on pass REG_ITER; inference uses the last pass.
+targets with alpha_t; box regression is trained on pass REG_PASS; inference uses the last pass.
 """
 
-from contextlib import contextmanager
+from contextlib import nullcontext
 
 from detectron2.config import configurable
 from detectron2.layers import cat
@@ -14,23 +14,11 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from ..pcb import PCB_VARIANTS, PairwiseConfusion, pcb_alphas
+from ..pcb import PCB_VARIANTS, PairwiseConfusion, pcb_alphas, pcb_variant
 from .predictor import LongTailOutputLayers
 from .roi_heads import LongTailROIHeads
 
 __all__ = ["PCBOutputLayers", "PCBROIHeads"]
-
-
-@contextmanager
-def _statistics_frozen(loss_module, frozen):
-    """Loss statistics (Seesaw's counts, EQL v2's gradients) move once per step, not per pass
-    (the reference updates them at every pass, tripling them)."""
-    was_training = loss_module.training
-    loss_module.train(was_training and not frozen)
-    try:
-        yield
-    finally:
-        loss_module.train(was_training)
 
 
 class PCBOutputLayers(LongTailOutputLayers):
@@ -44,19 +32,18 @@ class PCBOutputLayers(LongTailOutputLayers):
             kwargs: LongTailOutputLayers arguments.
         """
         super().__init__(input_shape, **kwargs)
-        name = type(self.cls_loss).__name__
-        if name not in PCB_VARIANTS:
+        self.variant = pcb_variant(self.cls_loss)
+        if self.variant is None:
             raise ValueError(
-                f"PCB is defined on {sorted(PCB_VARIANTS)}, not on {name} "
-                "(MODEL.ROI_BOX_HEAD.CLS_LOSS)"
+                f"PCB is defined on {sorted(k.__name__ for k in PCB_VARIANTS)} and their "
+                f"subclasses, not on {type(self.cls_loss).__name__} (MODEL.ROI_BOX_HEAD.CLS_LOSS)"
             )
-        self.variant = PCB_VARIANTS[name]
         self.alpha, self.start_iter = alpha, start_iter
         self.confusion = PairwiseConfusion(self.num_classes, momentum, self.variant.normalize_rows)
 
     @classmethod
-    def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
+    def from_config(cls, cfg, input_shape, class_stats=None):
+        ret = super().from_config(cfg, input_shape, class_stats)
         pcb = cfg.MODEL.ROI_BOX_HEAD.PCB
         ret.update(
             momentum=pcb.MOMENTUM,
@@ -65,12 +52,12 @@ class PCBOutputLayers(LongTailOutputLayers):
         )
         return ret
 
-    def iterative_losses(self, predictions, proposals, loss_weights, reg_iter):
+    def iterative_losses(self, predictions, proposals, loss_weights, reg_pass):
         """
         Args:
             predictions: per pass, (scores (R, num_logits), deltas) of the predictor.
             proposals: the sampled proposals with ``gt_classes`` and ``gt_boxes``.
-            loss_weights: lambda_t per pass; reg_iter: the pass whose box regression is trained.
+            loss_weights: lambda_t per pass; reg_pass: the pass whose box regression is trained.
         """
         gt_classes = cat([p.gt_classes for p in proposals], dim=0)
         fg = gt_classes < self.num_classes
@@ -85,12 +72,15 @@ class PCBOutputLayers(LongTailOutputLayers):
         losses = {}
         for t, ((scores, _), alpha, weight) in enumerate(zip(predictions, alphas, loss_weights)):
             kwargs = self.variant.loss_kwargs(self.confusion, gt_classes[fg], alpha)
-            with _statistics_frozen(self.cls_loss, frozen=t < len(predictions) - 1):
+            # Loss statistics (Seesaw's counts, EQL v2's gradients) move once per step, at the
+            # last pass (the reference updates them at every pass, tripling them).
+            last_pass = t == len(predictions) - 1
+            with nullcontext() if last_pass else self.cls_loss.frozen_statistics():
                 for name, value in self.cls_loss(scores.float(), gt_classes, **kwargs).items():
                     losses[f"{name}_pass{t}"] = weight * value
         self.log_classification_stats(last, gt_classes)
         losses["loss_box_reg"] = self.loss_weight.get("loss_box_reg", 1.0) * self.box_loss(
-            predictions[reg_iter][1], proposals, gt_classes
+            predictions[reg_pass][1], proposals, gt_classes
         )
         return losses
 
@@ -107,26 +97,26 @@ class PCBROIHeads(LongTailROIHeads):
 
     @configurable
     def __init__(
-        self, *, num_passes, pass_loss_weights, reg_iter, mlp_hidden, pooled_shape, **kwargs
+        self, *, num_passes, pass_loss_weights, reg_pass, mlp_hidden, pooled_shape, **kwargs
     ):
         """
         Args:
             num_passes: T passes of the shared box head.
             pass_loss_weights: lambda_t of each pass's classification loss.
-            reg_iter: the pass whose box regression is trained.
+            reg_pass: the pass whose box regression is trained.
             mlp_hidden: hidden width of the two modulation MLPs.
             pooled_shape: (channels, resolution) of the pooled RoI features.
         """
         super().__init__(**kwargs)
-        if len(pass_loss_weights) != num_passes or not 0 <= reg_iter < num_passes:
+        if len(pass_loss_weights) != num_passes or not 0 <= reg_pass < num_passes:
             raise ValueError(
-                "MODEL.ROI_BOX_HEAD.PCB: ITER_LOSS_WEIGHTS needs NUM_ITERS entries "
-                "and REG_ITER must be in [0, NUM_ITERS)"
+                "MODEL.ROI_BOX_HEAD.PCB: PASS_LOSS_WEIGHTS needs NUM_PASSES entries "
+                "and REG_PASS must be in [0, NUM_PASSES)"
             )
-        self.num_passes, self.pass_loss_weights, self.reg_iter = (
+        self.num_passes, self.pass_loss_weights, self.reg_pass = (
             num_passes,
             pass_loss_weights,
-            reg_iter,
+            reg_pass,
         )
         self.pooled_shape = pooled_shape
         channels, resolution = pooled_shape
@@ -140,9 +130,9 @@ class PCBROIHeads(LongTailROIHeads):
         pcb = cfg.MODEL.ROI_BOX_HEAD.PCB
         in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
         ret.update(
-            num_passes=pcb.NUM_ITERS,
-            pass_loss_weights=tuple(pcb.ITER_LOSS_WEIGHTS),
-            reg_iter=pcb.REG_ITER,
+            num_passes=pcb.NUM_PASSES,
+            pass_loss_weights=tuple(pcb.PASS_LOSS_WEIGHTS),
+            reg_pass=pcb.REG_PASS,
             mlp_hidden=pcb.MLP_HIDDEN,
             pooled_shape=(
                 input_shape[in_features[0]].channels,
@@ -168,7 +158,7 @@ class PCBROIHeads(LongTailROIHeads):
             if self.train_on_pred_boxes:
                 raise NotImplementedError("PCBROIHeads with MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES")
             return self.box_predictor.iterative_losses(
-                predictions, proposals, self.pass_loss_weights, self.reg_iter
+                predictions, proposals, self.pass_loss_weights, self.reg_pass
             )
         instances, _ = self.box_predictor.inference(predictions[-1], proposals)
         return instances

@@ -1,5 +1,8 @@
 """The box predictor of longtail_d2: detectron2's FastRCNNOutputLayers whose classification
-loss, logit width and test-time activation come from LONGTAIL_LOSS_REGISTRY."""
+loss, logit width and test-time activation come from LONGTAIL_LOSS_REGISTRY. Its ``from_config``
+is where the training set's class statistics enter the model: computed by
+``longtail_d2.data.training_class_statistics`` (or handed in by the ROI heads) and passed to the
+loss and to the PCB / FASA predictors."""
 
 import math
 
@@ -9,6 +12,7 @@ from detectron2.layers import cat
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, _log_classification_stats
 from torch import nn
 
+from ...data import training_class_statistics
 from ..losses import ClassificationLoss, build_classification_loss
 from .normed_layers import NormedLinear
 
@@ -58,7 +62,9 @@ class LongTailOutputLayers(FastRCNNOutputLayers):
             nn.init.constant_(self.cls_score.bias, -math.log((1 - prior_prob) / prior_prob))
 
     @classmethod
-    def from_config(cls, cfg, input_shape):
+    def from_config(cls, cfg, input_shape, class_stats=None):
+        """``class_stats``: the ClassStatistics of DATASETS.TRAIN when the caller has them (the
+        cascade heads compute them once for their three predictors); computed here otherwise."""
         head = cfg.MODEL.ROI_BOX_HEAD
         if head.USE_FED_LOSS or head.USE_SIGMOID_CE:
             raise ValueError(
@@ -67,14 +73,32 @@ class LongTailOutputLayers(FastRCNNOutputLayers):
                 "(FederatedLoss, SigmoidCELoss, ...) instead"
             )
         ret = super().from_config(cfg, input_shape)
+        stats = class_stats if class_stats is not None else training_class_statistics(cfg)
         ret.update(
-            cls_loss=build_classification_loss(cfg),
+            cls_loss=build_classification_loss(cfg, stats),
             prior_prob=head.PRIOR_PROB,
             normed_temperature=(
                 head.NORMED_CLASSIFIER.TEMPERATURE if head.NORMED_CLASSIFIER.ENABLED else 0.0
             ),
         )
         return ret
+
+    @property
+    def classifier(self) -> nn.Module:
+        """The classification layer: (R, D) box-head features -> (R, num_logits) logits (what
+        decoupled training and BALMS's meta step train)."""
+        return self.cls_score
+
+    @property
+    def class_frequency(self) -> torch.Tensor:
+        """(C,) training image frequency f(c) the loss is built on (BALMS's label prior)."""
+        freq = self.cls_loss.class_frequency
+        if freq is None:
+            raise ValueError(
+                f"{type(self.cls_loss).__name__} keeps no class frequency; MODEL.ROI_BOX_HEAD."
+                "CLS_LOSS must be a loss with a label prior (BalancedSigmoidLoss)"
+            )
+        return freq
 
     def losses(self, predictions, proposals):
         scores, proposal_deltas = predictions

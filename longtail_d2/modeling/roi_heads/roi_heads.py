@@ -3,6 +3,7 @@ only ``_init_box_head`` overridden, so every other detectron2 feature is unchang
 
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, StandardROIHeads
 
+from ...data import training_class_statistics
 from .predictor import LongTailOutputLayers
 
 __all__ = ["LongTailROIHeads", "LongTailCascadeROIHeads"]
@@ -27,8 +28,14 @@ class LongTailCascadeROIHeads(CascadeROIHeads):
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
         ret = super()._init_box_head(cfg, input_shape)
+        stats = training_class_statistics(cfg)  # once for the three stages
         ret["box_predictors"] = [
-            LongTailOutputLayers(cfg, head.output_shape, box2box_transform=stock.box2box_transform)
+            LongTailOutputLayers(
+                cfg,
+                head.output_shape,
+                box2box_transform=stock.box2box_transform,
+                class_stats=stats,
+            )
             for head, stock in zip(ret["box_heads"], ret["box_predictors"])
         ]
         return ret
