@@ -34,6 +34,16 @@ def add_dataset_config(cfg):
 def add_evaluation_config(cfg):
     # Detections kept per image by the LVIS protocol (lvis-api's max_dets), best scores first.
     cfg.TEST.LVIS_MAX_DETS_PER_IMAGE = 300
+    # Evaluation protocol: "lvis" (federated: neg / not-exhaustive ids), "coco" (pycocotools'
+    # exhaustive protocol, plus AP by frequency group), "both", or "" = by the test set: "lvis"
+    # if its images carry neg_category_ids / not_exhaustive_category_ids, else "coco".
+    cfg.TEST.EVALUATOR = ""
+    # > 0: also report AP-fixed and AP-pool (Dave et al. 2021) with this budget K of detections
+    # per category over the dataset and no per-image cap (LVIS: 10000); 0 = off.
+    cfg.TEST.DETS_PER_CATEGORY = 0
+    # Training image counts that bound the frequency groups: rare <= first, common <= second,
+    # frequent above (LVIS: 10, 100). Used where groups are derived from image counts.
+    cfg.DATASETS.FREQUENCY_GROUP_THRESHOLDS = (10, 100)
 
 
 def add_loss_config(cfg):

@@ -1,105 +1,167 @@
-"""The LVIS protocol (Gupta et al. 2019; lvis-api ``LVISEval``) on faster-coco-eval's LVIS mode.
+"""The LVIS protocol (Gupta et al. 2019; lvis-api ``LVISEval``) on faster-coco-eval's LVIS mode,
+from detection arrays.
 
 PyPI's ``lvis==0.5.3`` crashes on numpy >= 1.24 (``np.float``); faster-coco-eval's LVIS mode
 gives the same numbers (tests/evaluation/test_lvis_eval.py checks it against lvis-api).
 Protocol: the top ``max_dets`` detections of each image over all categories; a detection of
 category c in image I counts only if c is annotated in I or in ``neg_category_ids(I)``;
 unmatched detections of c are ignored where c is in ``not_exhaustive_category_ids(I)``.
+
+The per-image cap and the federated filter are done here with numpy (the filter drops what
+faster-coco-eval would drop, before any dict is made), then the categories are scored in
+bounded groups (:mod:`.chunked_eval`).
 """
 
-import copy
 import logging
-from collections import defaultdict
-from typing import Dict, List, Tuple
+from typing import Dict, List, Tuple, Union
 
 import numpy as np
-from faster_coco_eval import COCO, COCOeval_faster
 
-__all__ = ["LVIS_METRICS", "evaluate_lvis", "top_detections_per_image"]
+from .chunked_eval import AREA_LABELS, ground_truth_api, mean_valid, precision_per_category
+from .detections import Detections, ResultsError
+
+__all__ = [
+    "LVIS_METRICS",
+    "evaluate_lvis",
+    "lvis_summary",
+    "top_detections_per_image",
+    "top_detections_per_category",
+    "federated_filter",
+    "check_detections",
+]
 
 logger = logging.getLogger(__name__)
 
 LVIS_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
-# faster-coco-eval's names of the same numbers.
-_FCE_NAMES = ("AP_all", "AP_50", "AP_75", "AP_small", "AP_medium", "AP_large", "APr", "APc", "APf")
 
 
-def top_detections_per_image(results: List[dict], max_dets: int) -> List[dict]:
-    """Keeps the ``max_dets`` highest-scoring detections of each image (lvis-api's LVISResults)."""
-    per_image = defaultdict(list)
-    for r in results:
-        per_image[r["image_id"]].append(r)
-    kept = []
-    for dets in per_image.values():
-        kept.extend(sorted(dets, key=lambda d: -d["score"])[:max_dets])
-    return kept
+def _as_detections(results) -> Detections:
+    return results if isinstance(results, Detections) else Detections.from_results(results)
 
 
-def _no_detections(lvis_gt):
-    """What lvis-api reports without detections: 0 where a category, area range or frequency
-    group has ground truth, nan (its -1) elsewhere."""
-    with_gt = {a["category_id"] for a in lvis_gt["annotations"]}
-    per_category = {
-        c["id"]: 0.0 if c["id"] in with_gt else float("nan") for c in lvis_gt["categories"]
+def _top_k(groups: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
+    """Indices (ascending) of the k highest scores of each group; ties keep the earlier
+    detection, as Python's stable ``sorted(..., reverse=True)`` of lvis-api."""
+    by_score = np.argsort(-score, kind="stable")
+    order = by_score[np.argsort(groups[by_score], kind="stable")]
+    g = groups[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    sizes = np.diff(np.r_[starts, len(g)])
+    rank = np.arange(len(g)) - np.repeat(starts, sizes)
+    return np.sort(order[rank < k])
+
+
+def top_detections_per_image(dets: Detections, max_dets: int) -> Detections:
+    """The ``max_dets`` highest-scoring detections of each image (lvis-api's LVISResults)."""
+    return dets.select(_top_k(dets.image_id, dets.score, max_dets))
+
+
+def top_detections_per_category(dets: Detections, k: int) -> Detections:
+    """The ``k`` highest-scoring detections of each category over the whole dataset (AP-fixed)."""
+    return dets.select(_top_k(dets.category_id, dets.score, k))
+
+
+def check_detections(gt: dict, dets: Detections, source: str = "results"):
+    """One-line :class:`ResultsError` for an image or category id absent from the ground truth."""
+    for ids, key, what in (
+        (dets.image_id, "images", "image_id"),
+        (dets.category_id, "categories", "category_id"),
+    ):
+        known = np.array(sorted(x["id"] for x in gt[key]), np.int64)
+        bad = ~np.isin(ids, known)
+        if bad.any():
+            raise ResultsError(
+                f"{source}: {what} {int(ids[bad][0])} is not in the ground truth's {key} "
+                f"({int(bad.sum())} detections)"
+            )
+
+
+def _pair_keys(image_id, category_id, num_cats, cat_index):
+    return image_id.astype(np.int64) * num_cats + np.searchsorted(cat_index, category_id)
+
+
+def federated_filter(gt: dict, dets: Detections) -> Detections:
+    """Keeps the detections of category c in image I where c is annotated in I or is one of
+    I's ``neg_category_ids`` (LVIS's federated rule; everything else is ignored by lvis-api
+    and dropped by faster-coco-eval's LVIS mode)."""
+    cat_index = np.array(sorted(c["id"] for c in gt["categories"]), np.int64)
+    n = len(cat_index)
+    ann_img = np.fromiter((a["image_id"] for a in gt["annotations"]), np.int64)
+    ann_cat = np.fromiter((a["category_id"] for a in gt["annotations"]), np.int64)
+    neg = [(img["id"], c) for img in gt["images"] for c in img.get("neg_category_ids", [])]
+    neg = np.array(neg, np.int64).reshape(-1, 2)
+    positive = _pair_keys(ann_img, ann_cat, n, cat_index)
+    negative = _pair_keys(neg[:, 0], neg[:, 1], n, cat_index)
+    allowed = np.unique(np.concatenate([positive, negative]))
+    return dets.select(np.isin(_pair_keys(dets.image_id, dets.category_id, n, cat_index), allowed))
+
+
+def lvis_summary(precision: np.ndarray, iou_thrs, frequency: List[str]) -> Dict[str, float]:
+    """AP, AP50, ... APf in percent (nan where nothing has ground truth) from the precision
+    array (T, R, K, A, M) of faster-coco-eval / lvis-api, at the last M."""
+    p = precision[..., -1]
+    t50, t75 = np.where(0.5 == iou_thrs)[0], np.where(0.75 == iou_thrs)[0]
+    freq = np.asarray(frequency)
+    out = {
+        "AP": mean_valid(p[:, :, :, 0]),
+        "AP50": mean_valid(p[t50][:, :, :, 0]),
+        "AP75": mean_valid(p[t75][:, :, :, 0]),
     }
-    areas = [a["area"] for a in lvis_gt["annotations"]]
-    groups = {c["frequency"] for c in lvis_gt["categories"] if c["id"] in with_gt}
-    present = {
-        "AP": bool(with_gt),
-        "AP50": bool(with_gt),
-        "AP75": bool(with_gt),
-        "APs": any(a < 32**2 for a in areas),
-        "APm": any(32**2 <= a < 96**2 for a in areas),
-        "APl": any(a >= 96**2 for a in areas),
-        "APr": "r" in groups,
-        "APc": "c" in groups,
-        "APf": "f" in groups,
-    }
-    return {k: 0.0 if present[k] else float("nan") for k in LVIS_METRICS}, per_category
+    for key, label in zip(("APs", "APm", "APl"), AREA_LABELS[1:]):
+        out[key] = mean_valid(p[:, :, :, AREA_LABELS.index(label)])
+    for g in "rcf":
+        out[f"AP{g}"] = mean_valid(p[:, :, np.flatnonzero(freq == g), 0])
+    return {k: v * 100 for k, v in out.items()}
+
+
+def per_category_ap(precision: np.ndarray, cat_ids) -> Dict[int, float]:
+    """{category id: AP in percent over IoU thresholds and recall points, nan without GT}."""
+    p = precision[:, :, :, 0, -1]
+    return {int(c): mean_valid(p[:, :, k]) * 100 for k, c in enumerate(cat_ids)}
 
 
 def evaluate_lvis(
-    lvis_gt: dict, results: List[dict], iou_type: str, max_dets: int = 300
+    lvis_gt: dict,
+    results: Union[Detections, List[dict]],
+    iou_type: str,
+    max_dets: int = 300,
+    dets_per_category: int = 0,
+    gt_api=None,
 ) -> Tuple[Dict[str, float], Dict[int, float]]:
     """
     Args:
         lvis_gt: LVIS-format ground truth (images with ``neg_category_ids`` and
             ``not_exhaustive_category_ids``, categories with ``frequency``). Not modified.
-        results: detections in LVIS/COCO result format (``image_id``, ``category_id`` (dataset
-            id), ``score``, ``bbox`` XYWH and/or ``segmentation`` RLE).
+        results: :class:`Detections` or result dicts (``image_id``, ``category_id`` (dataset
+            id), ``score``, ``bbox`` XYWH and / or ``segmentation`` RLE).
         iou_type: "bbox" or "segm".
-        max_dets: detections kept per image.
+        max_dets: detections kept per image (LVIS: 300); ignored when dets_per_category > 0.
+        dets_per_category: > 0 gives AP-fixed (Dave et al. 2021): the top ``dets_per_category``
+            detections of each category over the dataset, no per-image cap.
+        gt_api: a :func:`~.chunked_eval.ground_truth_api` of ``lvis_gt`` to reuse.
 
     Returns:
         metrics: {"AP", "AP50", ..., "APf"} in percent (nan where a group has no category).
         per_category_ap: {category id: AP in percent, nan if the category has no ground truth}.
     """
     assert iou_type in ("bbox", "segm"), iou_type
-    if len(results) == 0:
+    dets = _as_detections(results)
+    if iou_type == "segm" and len(dets) and not dets.has_masks:
+        raise ResultsError("results: segm evaluation needs a 'segmentation' in every detection")
+    check_detections(lvis_gt, dets)
+    if len(dets) == 0:
         logger.warning("No detections to evaluate: AP is 0 wherever there is ground truth")
-        return _no_detections(lvis_gt)
-    # Boxes and masks are scored separately: the other field must not set a detection's area.
-    drop = "segmentation" if iou_type == "bbox" else "bbox"
-    results = [{k: v for k, v in r.items() if k != drop} for r in results]
-    results = top_detections_per_image(results, max_dets)
-
-    gt = COCO(copy.deepcopy(lvis_gt))
-    dt = gt.loadRes(results)
-    # Its own summary print is replaced by the evaluator's table.
-    evaluator = COCOeval_faster(gt, dt, iou_type, lvis_style=True, print_function=lambda *_: None)
-    evaluator.params.maxDets = [max_dets]
-    evaluator.evaluate()
-    evaluator.accumulate()
-    evaluator.summarize()
-    stats = evaluator.stats_as_dict
-    metrics = {k: float(stats[n]) * 100 for k, n in zip(LVIS_METRICS, _FCE_NAMES)}
-    metrics = {k: (v if v >= 0 else float("nan")) for k, v in metrics.items()}
-
-    # precision: (iou thresholds, recall points, categories, area ranges, max dets); -1 = no GT.
-    precision = evaluator.eval["precision"][:, :, :, 0, -1]
-    per_category = {}
-    for k, cat_id in enumerate(evaluator.params.catIds):
-        p = precision[:, :, k]
-        p = p[p > -1]
-        per_category[int(cat_id)] = float(np.mean(p)) * 100 if p.size else float("nan")
-    return metrics, per_category
+    if dets_per_category > 0:
+        dets = top_detections_per_category(dets, dets_per_category)
+        counts = np.unique(dets.image_id, return_counts=True)[1]
+        cap = int(counts.max()) if counts.size else 1  # no per-image cap
+    else:
+        dets = top_detections_per_image(dets, max_dets)
+        cap = max_dets
+    dets = federated_filter(lvis_gt, dets)
+    categories = sorted(lvis_gt["categories"], key=lambda c: c["id"])
+    cat_ids = [c["id"] for c in categories]
+    gt_api = gt_api or ground_truth_api(lvis_gt)
+    out = precision_per_category(gt_api, dets, iou_type, cat_ids, lvis_style=True, max_dets=[cap])
+    metrics = lvis_summary(out["precision"], out["iou_thrs"], [c["frequency"] for c in categories])
+    return metrics, per_category_ap(out["precision"], cat_ids)

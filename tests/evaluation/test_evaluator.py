@@ -2,6 +2,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 from detectron2.structures import Boxes, Instances
@@ -106,3 +107,98 @@ def test_detectron2_builtin_lvis_registration(tmp_path):
     evaluator.reset()
     evaluator.process(*_perfect_outputs(DatasetCatalog.get("lvis_v1_fake_train")))
     assert evaluator.evaluate()["bbox"]["APc"] == pytest.approx(100.0)
+
+
+def _register_generated(tmp_path, name):
+    """test_lvis_eval's generated LVIS-format case as a registered dataset (blank images)."""
+    from PIL import Image
+
+    from tests.evaluation.test_lvis_eval import SIZE, generated_case
+
+    gt, dets = generated_case()
+    for img in gt["images"]:
+        img["file_name"] = f"{img['id']}.png"
+        Image.new("RGB", (SIZE, SIZE)).save(tmp_path / img["file_name"])
+    json_file = write_json(tmp_path / "gt.json", gt)
+    register_longtail_dataset(name, json_file, str(tmp_path))
+    return json_file, dets
+
+
+def _outputs_of(dets, image_ids):
+    """Model outputs (contiguous classes = dataset id - 1, boolean masks) holding ``dets``."""
+    from pycocotools import mask as mask_util
+
+    from tests.evaluation.test_lvis_eval import SIZE
+
+    inputs, outputs = [], []
+    for image_id in image_ids:
+        mine = [d for d in dets if d["image_id"] == image_id]
+        inst = Instances((SIZE, SIZE))
+        xyxy = [[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in mine)]
+        inst.pred_boxes = Boxes(torch.tensor(xyxy, dtype=torch.float32).reshape(-1, 4))
+        inst.scores = torch.tensor([d["score"] for d in mine], dtype=torch.float32)
+        inst.pred_classes = torch.tensor([d["category_id"] - 1 for d in mine], dtype=torch.int64)
+        rles = [dict(d["segmentation"], counts=d["segmentation"]["counts"].encode()) for d in mine]
+        masks = mask_util.decode(rles) if rles else np.zeros((SIZE, SIZE, 0), np.uint8)
+        inst.pred_masks = torch.from_numpy(masks.transpose(2, 0, 1).astype(bool))
+        inputs.append({"image_id": image_id})
+        outputs.append({"instances": inst})
+    return inputs, outputs
+
+
+def test_offline_evaluation_equals_the_evaluator(tmp_path):
+    """The evaluator writes its predictions as it goes, merges them into instances_results.json
+    and scores them; tools/evaluate.py on that file gives the same numbers (to 1e-9) and files."""
+    import subprocess
+    import sys
+
+    from tests.conftest import INSTANT, REPO
+
+    json_file, dets = _register_generated(tmp_path, "ev_offline")
+    out = tmp_path / "inference"
+    evaluator = LongTailLVISEvaluator("ev_offline", str(out), distributed=False, flush_every=7)
+    evaluator.reset()
+    evaluator.process(*_outputs_of(dets, range(1, 61)))
+    assert len(list((out / "predictions").iterdir())) == 8  # 60 images, a file per 7
+    results = evaluator.evaluate()
+    assert not (out / "predictions").exists()
+    assert 20 < results["bbox"]["AP"] < 90 and 20 < results["segm"]["AP"] < 90
+    with open(out / "instances_results.json") as f:
+        assert len(json.load(f)) == len(dets)
+    offline = tmp_path / "offline"
+    custom = f"[('ev_offline', '{json_file}', '{tmp_path}')]"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "evaluate.py"),
+            str(out / "instances_results.json"),
+            "--dataset",
+            "ev_offline",
+            "--config-file",
+            INSTANT,
+            "--output",
+            str(offline),
+            "DATASETS.SYNTHETIC.ROOT", "",
+            "DATASETS.CUSTOM", custom,
+            "DATASETS.TRAIN", "('ev_offline',)",
+            "DATASETS.TEST", "('ev_offline',)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    def load(folder, name):
+        with open(folder / name) as f:
+            return json.load(f)
+
+    ours, theirs = load(out, "metrics.json"), load(offline, "metrics.json")
+    assert set(ours) == set(theirs)
+    for key, value in ours.items():  # strict JSON: null for nan
+        assert (value is None and theirs[key] is None) or abs(value - theirs[key]) <= 1e-9, key
+    ours, theirs = load(out, "per_category_ap.json"), load(offline, "per_category_ap.json")
+    assert [r["id"] for r in theirs] == [r["id"] for r in ours]
+    for a, b in zip(ours, theirs):
+        for key in ("bbox/AP", "segm/AP"):
+            assert (a[key] is None and b[key] is None) or abs(a[key] - b[key]) <= 1e-9
+    assert (offline / "per_category_ap.csv").exists() and (offline / "summary.txt").exists()
