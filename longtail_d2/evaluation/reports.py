@@ -204,9 +204,10 @@ def write_reports(output_dir, metrics, rows, tasks, storage=None, logger=None):
     from . import plots
 
     tasks = tuple(tasks)
-    task = "segm" if "segm" in tasks else tasks[0]  # the task of the log's table and the plots
+    # the task of the log's table and the plots
+    task = "segm" if "segm" in tasks else (tasks[0] if tasks else None)
     summary = frequency_group_table(metrics, rows)
-    if logger is not None:  # the caller logs the summary (frequency_group_table) itself
+    if logger is not None and task:  # the caller logs the summary (frequency_group_table)
         logger.info(f"per-category {task} AP:\n{classwise_table(rows, task)}")
     text = "\n\n".join([summary] + [classwise_table(rows, t) for t in tasks])
     storage = _current_storage(storage)
@@ -228,8 +229,9 @@ def write_reports(output_dir, metrics, rows, tasks, storage=None, logger=None):
             f.write(text + "\n")
         append_history(output_dir, flat, iteration)
         written.update(files, history=os.path.join(output_dir, HISTORY_FILE))
-        written.update(plots.plot_all(output_dir, rows, task, read_history(output_dir)))
-    if storage is not None:
+        if task:
+            written.update(plots.plot_all(output_dir, rows, task, read_history(output_dir)))
+    if storage is not None and task:
         _put_to_storage(storage, rows, tasks, task, os.path.basename(output_dir or "eval"))
     return written
 
