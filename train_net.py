@@ -8,10 +8,9 @@ Train and evaluate long-tailed instance segmentation models with longtail_d2.
     python train_net.py --config-file x.yaml --resume
     python train_net.py --config-file x.yaml --num-gpus 2 MODEL.DEVICE cpu   # 2 gloo processes
 
-Config and dataset errors are reported in one line, with a non-zero exit, before anything is
-written to OUTPUT_DIR.
+Config, dataset, image and weights errors are reported in one line, with a non-zero exit,
+before anything is written to OUTPUT_DIR (README "What is checked").
 """
-import os
 import sys
 
 import yaml
@@ -23,6 +22,7 @@ from detectron2.utils.logger import setup_logger
 from longtail_d2.data import DatasetError
 from longtail_d2.engine import ConfigError, prepare_run, trainer_class
 from longtail_d2.engine.launch import LaunchError, find_dist_env, launch
+from longtail_d2.engine.validation import check_run
 
 USER_ERRORS = (ConfigError, DatasetError, ValueError, OSError, yaml.YAMLError)
 
@@ -34,7 +34,7 @@ def setup(args):
     return cfg
 
 
-def main(args):
+def run(args):
     cfg = setup(args)
     Trainer = trainer_class(cfg)
     if args.eval_only:
@@ -48,23 +48,36 @@ def main(args):
     return trainer.train()
 
 
-def check_weights(cfg, args):
-    """A missing local MODEL.WEIGHTS file fails here, unless --resume finds a checkpoint."""
-    weights = cfg.MODEL.WEIGHTS
-    resumable = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
-    if weights and "://" not in weights and not os.path.isfile(weights) and not resumable:
-        raise FileNotFoundError(f"MODEL.WEIGHTS: {weights} not found")
+def main(args):
+    try:
+        return run(args)
+    except DatasetError as e:
+        # An image that broke after the checks at start, met by a data loader.
+        sys.exit(one_line(e))
+
+
+def num_workers(args):
+    """Processes of the run: the world torchrun / srun started, or --num-gpus x --num-machines."""
+    try:
+        world = find_dist_env()
+    except LaunchError:
+        world = None  # reported when the run is launched
+    return world.world_size if world else args.num_gpus * args.num_machines
 
 
 def one_line(error):
-    return "error: " + " ".join(str(error).split())
+    text = str(error)
+    if "Original Traceback" in text:  # re-raised from a DataLoader worker: its last line
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return "error: " + " ".join(text.split())
 
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     try:
         # Checked once here, before workers start: bad input fails fast and writes nothing.
-        check_weights(prepare_run(args.config_file, args.opts), args)
+        cfg = prepare_run(args.config_file, args.opts)
+        check_run(cfg, num_workers(args), eval_only=args.eval_only, resume=args.resume)
     except USER_ERRORS as e:
         sys.exit(one_line(e))
     try:
