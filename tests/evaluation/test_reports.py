@@ -143,3 +143,32 @@ def test_write_reports_without_ground_truth_writes_json_and_no_plot(tmp_path):
     written = write_reports(str(tmp_path), {"bbox": {"AP": float("nan")}}, rows, ("bbox",))
     assert strict_load(written["metrics"]) == {"bbox/AP": None}
     assert "per_category_ap_png" not in written and "ap_vs_image_count_png" not in written
+
+
+def test_train_net_writes_reports_history_and_tensorboard(datasets_root, tmp_path):
+    """The real entry point: two evaluations in one run (EVAL_PERIOD 1, MAX_ITER 2) give a
+    history of two iterations, the classwise table in the log and the figure in TensorBoard."""
+    import glob
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tests.conftest import INSTANT, run_train_net
+
+    out = tmp_path / "run"
+    proc = run_train_net(
+        "--config-file", INSTANT, "OUTPUT_DIR", str(out), "MODEL.DEVICE", "cpu",
+        "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "()", "TEST.EVAL_PERIOD", "1",
+        "TEST.DETECTIONS_PER_IMAGE", "10",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = out / "inference" / "longtail_synth_val"
+    history = read_history(str(folder))
+    assert len(history) == 2 and history[0]["iteration"] < history[1]["iteration"]
+    strict_load(folder / "metrics.json")
+    assert (folder / "ap_history.png").is_file() and (folder / "per_category_ap.csv").is_file()
+    log = (out / "log.txt").read_text()
+    assert "per-category segm AP:" in log and "| category " in log
+    events = EventAccumulator(glob.glob(str(out / "events.out.tfevents.*"))[0])
+    events.Reload()
+    assert "longtail_synth_val/segm/ap_vs_image_count" in events.Tags()["images"]
+    assert "longtail_synth_val/segm/per_category_AP_rare" in events.Tags()["histograms"]
