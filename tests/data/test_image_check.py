@@ -138,3 +138,43 @@ def test_named_error_mapper_names_file_and_id(dataset):
         mapper(dict(records[0]))
     message = str(info.value)
     assert "image id 1" in message and "img1.png" in message and "\n" not in message
+
+
+def test_bad_image_in_a_data_loader_worker_ends_in_one_named_line(dataset):
+    """The DatasetError crosses torch's DataLoader worker boundary (which re-raises it with the
+    worker's traceback in the message); train_net.py prints its last line only."""
+    import importlib.util
+
+    import torch
+    from detectron2.data import DatasetMapper
+    from detectron2.data import transforms as T
+
+    from longtail_d2.data.named_errors import NamedErrorMapper
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO, "train_net.py"))
+    train_net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net)
+
+    json_file, root, records = dataset
+    path = os.path.join(root, "img3.png")
+    Image.effect_noise((32, 32), 50).convert("RGB").save(path)
+    _truncate(path, os.path.getsize(path) // 2)
+    mapper = NamedErrorMapper(
+        DatasetMapper(is_train=False, augmentations=[T.NoOpTransform()], image_format="BGR")
+    )
+
+    class Mapped(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(records)
+
+        def __getitem__(self, i):
+            return mapper(dict(records[i]))
+
+    loader = torch.utils.data.DataLoader(Mapped(), num_workers=1, collate_fn=lambda b: b)
+    with pytest.raises(DatasetError) as info:
+        list(loader)
+    assert "Original Traceback" in str(info.value)  # torch's multi-line message
+    line = train_net.one_line(info.value)
+    assert line.startswith("error: image id 3: 'file_name' ") and "img3.png" in line
+    assert "\n" not in line and "Traceback" not in line
