@@ -12,6 +12,7 @@ import textwrap
 
 import pytest
 
+from tests.conftest import INSTANT as INSTANT_CONFIG
 from tests.conftest import REPO
 
 # Code whose imports users need: the package, the tools and the entry points.
@@ -212,3 +213,18 @@ def test_setup_env_installs_torch_and_detectron2_in_a_fresh_environment(tmp_path
     stdout, calls = run_setup_env(tmp_path, detectron2_present=False)
     assert "keeping torch" not in stdout
     assert "torch==2.14.1 torchvision==0.29.1" in calls and "sal-detectron2==0.7.2" in calls
+
+
+def test_cpu_fallback_warning_is_logged_once_per_process():
+    """train_net.py loads the config twice in one process (before and after launch)."""
+    proc = run_python(
+        f"""
+        import torch
+        torch.cuda.is_available = lambda: False  # as on a machine without a GPU
+        from longtail_d2.engine import load_config
+        for _ in range(2):
+            assert load_config({INSTANT_CONFIG!r}, ["MODEL.DEVICE", "cuda"]).MODEL.DEVICE == "cpu"
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("no GPU is visible: using the CPU") == 1, proc.stderr

@@ -4,6 +4,7 @@ import logging
 
 import torch
 from detectron2.config import get_cfg
+from detectron2.utils.logger import log_first_n
 
 from ..config import add_longtail_config
 from ..data import register_datasets_from_config
@@ -38,7 +39,12 @@ def load_config(config_file: str, opts=()):
     # any dataset is read or generated.
     check_config_values(cfg)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("MODEL.DEVICE is %r but no GPU is visible: using the CPU", cfg.MODEL.DEVICE)
+        # once per process: train_net.py loads the config before and after launching
+        log_first_n(
+            logging.WARNING,
+            f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no GPU is visible: using the CPU",
+            name=__name__,
+        )
         cfg.MODEL.DEVICE = "cpu"
     if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
         raise ConfigError("SOLVER.AMP.ENABLED True needs a GPU (MODEL.DEVICE cuda)")
