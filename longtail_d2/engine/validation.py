@@ -135,7 +135,8 @@ def check_batch_size(cfg, num_workers: int):
     batch, reference = cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.REFERENCE_WORLD_SIZE
     scaled = int(round(batch * num_workers / reference)) if reference else batch
     if scaled % num_workers:
-        how = f" (scaled to {scaled} by SOLVER.REFERENCE_WORLD_SIZE {reference})" if reference else ""
+        how = f" (scaled to {scaled} by SOLVER.REFERENCE_WORLD_SIZE {reference})"
+        how = how if reference else ""
         raise ConfigError(
             f"SOLVER.IMS_PER_BATCH = {batch}{how} is not divisible by the {num_workers} "
             "workers (--num-gpus x --num-machines)"
@@ -211,6 +212,13 @@ def check_datasets(cfg, eval_only: bool):
     if not eval_only:
         for name in cfg.DATASETS.TRAIN:
             _check_dataset(cfg, name, "training")
+        adapt = cfg.MODEL.ROI_BOX_HEAD.FASA.ADAPT_DATASET  # FASA's held-out set, if named
+        if adapt and adapt not in DatasetCatalog.list():
+            raise ConfigError(
+                f"MODEL.ROI_BOX_HEAD.FASA.ADAPT_DATASET = {adapt!r} is not a registered dataset"
+            )
+        if adapt:
+            _check_dataset(cfg, adapt, "training")
     for name in cfg.DATASETS.TEST:
         _check_dataset(cfg, name, "evaluation")
 
@@ -220,7 +228,10 @@ def check_images(cfg, eval_only: bool):
     annotation file gives (DATALOADER.CHECK_IMAGES; cached by file size and mtime)."""
     if not cfg.DATALOADER.CHECK_IMAGES:
         return
-    names = list(cfg.DATASETS.TEST) + ([] if eval_only else list(cfg.DATASETS.TRAIN))
+    names = list(cfg.DATASETS.TEST)
+    if not eval_only:
+        adapt = cfg.MODEL.ROI_BOX_HEAD.FASA.ADAPT_DATASET
+        names += list(cfg.DATASETS.TRAIN) + ([adapt] if adapt else [])
     for name in dict.fromkeys(names):
         if _is_ours(name):
             check_image_files(DatasetCatalog.get(name), MetadataCatalog.get(name).json_file)

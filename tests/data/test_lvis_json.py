@@ -107,7 +107,8 @@ def _with_ann(tmp_path, name, index=0, **fields):
 
 
 @pytest.mark.parametrize(
-    "bbox", [[1, 2, 3], [1, 2, 3, 4, 5], ["1", 2, 3, 4], [1, 2, None, 4], "1 2 3 4", [1, 2, True, 4]]
+    "bbox",
+    [[1, 2, 3], [1, 2, 3, 4, 5], ["1", 2, 3, 4], [1, 2, None, 4], "1 2 3 4", [1, 2, True, 4]],
 )
 def test_malformed_bbox_is_an_error_naming_file_id_and_key(coco_file, tmp_path, bbox):
     path = _with_ann(tmp_path, "b.json", index=1, bbox=bbox)

@@ -162,6 +162,10 @@ def inputs(tmp_path_factory, datasets_root):
             ["DATASETS.TRAIN", "('lvis_v1_train',)", "MODEL.ROI_HEADS.NUM_CLASSES", "1203"],
             ["'lvis_v1_train'", "lvis_v1_train.json", "not found"],
         ),
+        "fasa_adapt_dataset_unknown": (
+            ["MODEL.ROI_BOX_HEAD.FASA.ADAPT_DATASET", "nope"],
+            ["MODEL.ROI_BOX_HEAD.FASA.ADAPT_DATASET = 'nope'", "not a registered dataset"],
+        ),
         "num_classes_too_large": (
             ["MODEL.ROI_HEADS.NUM_CLASSES", "13"],
             ["MODEL.ROI_HEADS.NUM_CLASSES = 13", "'longtail_synth_train' has 12 categories"],
@@ -221,8 +225,8 @@ def inputs(tmp_path_factory, datasets_root):
             ["text.pth", "not a readable checkpoint"],
         ),
         "eval_only_other_head": (
-            ["--eval-only", "MODEL.WEIGHTS", ckpt["good"], "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG",
-             "True"],
+            ["--eval-only", "MODEL.WEIGHTS", ckpt["good"],
+             "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True"],
             [f"{PRED}.bbox_pred.weight is (48, 256) in the file, (4, 256) in the model",
              "TEST.ALLOW_PARTIAL_WEIGHTS"],
         ),
@@ -282,7 +286,8 @@ def results(inputs):
 CASE_NAMES = [
     "bbox_3_numbers", "bbox_strings", "no_annotations", "only_crowd", "all_bbox_nan",
     "eval_gt_nan_box", "eval_gt_negative_box", "unknown_neg_category", "truncated_image",
-    "image_size_mismatch", "empty_train", "builtin_lvis_absent", "num_classes_too_large",
+    "image_size_mismatch", "empty_train", "builtin_lvis_absent", "fasa_adapt_dataset_unknown",
+    "num_classes_too_large",
     "num_classes_too_small", "repeat_threshold_negative", "steps_unsorted", "max_iter_0",
     "checkpoint_period_0", "eval_period_negative", "base_lr_0", "unknown_loss",
     "unknown_roi_heads", "unknown_mask_head", "unknown_sampler", "device_foo",
