@@ -124,7 +124,8 @@ def check_config_values(cfg):
         cfg, "MODEL.PROPOSAL_GENERATOR.NAME", PROPOSAL_GENERATOR_REGISTRY, "proposal generator"
     )
     _check_registry(cfg, "MODEL.ROI_HEADS.NAME", ROI_HEADS_REGISTRY, "ROI heads")
-    _check_registry(cfg, "MODEL.ROI_BOX_HEAD.NAME", ROI_BOX_HEAD_REGISTRY, "box head")
+    if cfg.MODEL.ROI_HEADS.NAME != "Res5ROIHeads":  # the C4 heads' box head is res5 itself
+        _check_registry(cfg, "MODEL.ROI_BOX_HEAD.NAME", ROI_BOX_HEAD_REGISTRY, "box head")
     if cfg.MODEL.MASK_ON:
         _check_registry(cfg, "MODEL.ROI_MASK_HEAD.NAME", ROI_MASK_HEAD_REGISTRY, "mask head")
     _check_registry(cfg, "MODEL.ROI_BOX_HEAD.CLS_LOSS", LONGTAIL_LOSS_REGISTRY, "loss")
