@@ -39,7 +39,9 @@ def markdown_rows(stdout):
 def evaluation_folder(run, dataset, ap):
     folder = run / "inference" / dataset
     folder.mkdir(parents=True)
-    metrics = {f"{t}/{k}": ap + i for t in ("bbox", "segm") for i, k in enumerate(("AP", "APr", "APc"))}
+    metrics = {
+        f"{t}/{k}": ap + i for t in ("bbox", "segm") for i, k in enumerate(("AP", "APr", "APc"))
+    }
     metrics["segm/APf"] = float("nan")  # written as null by the evaluator's strict JSON
     dump_json(metrics, folder / "metrics.json")
 
@@ -65,7 +67,8 @@ def test_run_folders_and_markdown_table(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = markdown_rows(proc.stdout)
     a, b = rows[(str(tmp_path / "a"), "val")], rows[(str(tmp_path / "b"), "val")]
-    assert (a["bbox AP"], a["bbox APr"], a["segm APc"], a["segm APf"]) == ("10.0", "11.0", "12.0", "n/a")
+    cells = (a["bbox AP"], a["bbox APr"], a["segm APc"], a["segm APf"])
+    assert cells == ("10.0", "11.0", "12.0", "n/a")
     assert b["segm AP"] == "20.5"
     # one task: its nine metrics
     single = compare("--task", "bbox", tmp_path / "a")

@@ -21,7 +21,8 @@ def test_analyze_model_parameters_and_flops(datasets_root, capsys):
     from longtail_d2.engine import prepare_run, trainer_class
 
     tool_main("analyze_model")(
-        ["--config-file", INSTANT, "--tasks", "parameter", "flop", "-n", "1", "--max-depth", "1", *CPU]
+        ["--config-file", INSTANT, "--tasks", "parameter", "flop", "-n", "1", "--max-depth", "1"]
+        + CPU
     )
     out = capsys.readouterr().out
     cfg = prepare_run(INSTANT, CPU)
@@ -48,7 +49,8 @@ def test_benchmark_tasks(datasets_root, task, iters, capsys):
 @pytest.mark.parametrize("source", ["dataloader", "annotation"])
 def test_visualize_data(datasets_root, tmp_path, source):
     tool_main("visualize_data")(
-        ["--config-file", INSTANT, "--source", source, "-n", "2", "--output-dir", str(tmp_path), *CPU]
+        ["--config-file", INSTANT, "--source", source, "-n", "2", "--output-dir", str(tmp_path)]
+        + CPU
     )
     pngs = sorted(os.listdir(tmp_path))
     assert len(pngs) == 2 and pngs[0].startswith("000_")

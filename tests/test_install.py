@@ -81,9 +81,8 @@ def test_setup_py_declares_every_third_party_import():
 
 def test_requirements_txt_pins_every_declared_package():
     with open(os.path.join(REPO, "requirements.txt")) as f:
-        pinned = {
-            canonical(line.split("==")[0]) for line in f if "==" in line and not line.startswith("#")
-        }
+        lines = [line for line in f if "==" in line and not line.startswith("#")]
+    pinned = {canonical(line.split("==")[0]) for line in lines}
     with open(os.path.join(REPO, "tools", "setup_env.sh")) as f:
         script = f.read()
     for name in install_requires():

@@ -43,7 +43,7 @@ def test_readme_python_api_runs(datasets_root, tmp_path, capsys):
     with open(os.path.join(datasets_root, "longtail_synth_instant", "lvis_val.json")) as f:
         gt = json.load(f)
     results = [
-        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1}
         for a in gt["annotations"]
     ]
     results_file = tmp_path / "instances_results.json"

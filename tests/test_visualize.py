@@ -66,7 +66,8 @@ def test_rare_group_ranking_from_a_results_file(tool, instant_val, tmp_path):
     with open(out / "ranking.csv") as f:
         ranking = list(csv.DictReader(f))
     assert [int(r["image_id"]) for r in ranking[:2]] == [a, b]
-    assert [float(r["badness"]) for r in ranking] == pytest.approx([1.0, 0.6] + [0.1] * (len(ids) - 2))
+    expected = [1.0, 0.6] + [0.1] * (len(ids) - 2)
+    assert [float(r["badness"]) for r in ranking] == pytest.approx(expected)
     assert len(ranking) == len(ids)
     pngs = sorted(os.listdir(out))
     assert len([p for p in pngs if p.endswith(".png")]) == 3
@@ -140,5 +141,6 @@ def test_unknown_category_is_a_one_line_error(datasets_root):
     )
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: --categories: 'no_such_class' is neither a category name nor id of longtail_synth_val"
+        "error: --categories: 'no_such_class' is neither a category name nor id of "
+        "longtail_synth_val"
     )

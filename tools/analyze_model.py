@@ -4,8 +4,10 @@ detectron2's tools/analyze_model.py for longtail_d2 configs: FLOPs, activations 
 parameters of the model of a config (its keys and datasets understood), with detectron2's
 counting functions (detectron2.utils.analysis, fvcore's parameter_count_table).
 
-    python tools/analyze_model.py --config-file configs/Tiny/mask_rcnn_R_18_FPN_demo.yaml --tasks parameter flop
-    python tools/analyze_model.py --config-file x.yaml --tasks flop activation -n 10 MODEL.WEIGHTS w.pth
+    python tools/analyze_model.py --config-file configs/Tiny/mask_rcnn_R_18_FPN_demo.yaml \\
+        --tasks parameter flop
+    python tools/analyze_model.py --config-file x.yaml --tasks flop activation -n 10 \\
+        MODEL.WEIGHTS w.pth
     python tools/analyze_model.py --config-file x.yaml --tasks structure
 
 FLOPs and activations depend on the image (size, number of detections): they are averaged
@@ -28,7 +30,9 @@ def parse_args(argv=None):
         "--tasks", nargs="+", default=["parameter"],
         choices=["flop", "activation", "parameter", "structure"],
     )
-    parser.add_argument("-n", "--num-inputs", type=int, default=10, help="images for flop / activation")
+    parser.add_argument(
+        "-n", "--num-inputs", type=int, default=10, help="images for flop / activation"
+    )
     parser.add_argument("--max-depth", type=int, default=5, help="of the parameter table")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser.parse_args(argv)

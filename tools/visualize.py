@@ -9,7 +9,8 @@ blue); or a summary plot of a dataset.
     python tools/visualize.py --config-file configs/Tiny/mask_rcnn_R_18_FPN_demo.yaml \\
         --results output/demo/inference/longtail_synth_val/instances_results.json --group r
     # predictions of a model, chosen images / categories (names or dataset ids)
-    python tools/visualize.py --config-file x.yaml --image-ids 3 17 MODEL.WEIGHTS output/demo/model_final.pth
+    python tools/visualize.py --config-file x.yaml --image-ids 3 17 \\
+        MODEL.WEIGHTS output/demo/model_final.pth
     python tools/visualize.py --config-file x.yaml --categories red_cross 7 --results r.json
     # class histogram by group and instances per image of the training set
     python tools/visualize.py --config-file x.yaml --summary --dataset longtail_synth_train
@@ -80,7 +81,8 @@ def main(argv=None):
     if args.summary:
         from longtail_d2.evaluation.plots import save
 
-        path = save(viewer.dataset_summary_figure(dataset), os.path.join(args.output, f"{dataset}_summary.png"))
+        path = os.path.join(args.output, f"{dataset}_summary.png")
+        save(viewer.dataset_summary_figure(dataset), path)
         print(f"wrote {path}")
         return
     metadata = MetadataCatalog.get(dataset)

@@ -4,8 +4,9 @@ detectron2's tools/visualize_data.py for longtail_d2 configs: the training data 
 sees it (``--source dataloader``: after the config's sampler and augmentations) or as annotated
 (``--source annotation``), drawn with detectron2's Visualizer, boxes coloured by frequency group.
 
-    python tools/visualize_data.py --config-file configs/Tiny/mask_rcnn_R_18_FPN_demo.yaml --source dataloader --output-dir vis_data
-    python tools/visualize_data.py --config-file x.yaml --source annotation -n 20 --output-dir vis_data
+    python tools/visualize_data.py --config-file configs/Tiny/mask_rcnn_R_18_FPN_demo.yaml \\
+        --source dataloader --output-dir vis_data
+    python tools/visualize_data.py --config-file x.yaml --source annotation -n 20
 
 (Ground truth next to predictions, and images chosen by category or group: tools/visualize.py.)
 """
@@ -77,9 +78,11 @@ def annotation_images(dicts, metadata, frequency, n):
         boxes = np.array(
             [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns]
         ).reshape(-1, 4)
-        masks = [a["segmentation"] for a in anns] if all("segmentation" in a for a in anns) else None
+        with_masks = all("segmentation" in a for a in anns)
+        masks = [a["segmentation"] for a in anns] if with_masks else None
         classes = [a["category_id"] for a in anns]
-        yield d, _draw(read_image(d["file_name"], "RGB"), metadata, frequency, boxes, classes, masks)
+        image = read_image(d["file_name"], "RGB")
+        yield d, _draw(image, metadata, frequency, boxes, classes, masks)
 
 
 def main(argv=None):
@@ -97,7 +100,8 @@ def main(argv=None):
     if args.source == "dataloader":
         images = dataloader_images(cfg, metadata, frequency, args.num_images)
     else:
-        images = annotation_images(DatasetCatalog.get(dataset), metadata, frequency, args.num_images)
+        dicts = DatasetCatalog.get(dataset)
+        images = annotation_images(dicts, metadata, frequency, args.num_images)
     written = 0
     for i, (d, image) in enumerate(images):
         name = os.path.splitext(os.path.basename(d["file_name"]))[0]

@@ -38,7 +38,9 @@ def _plt():
 def _group_handles(groups="rcf", extra=None):
     from matplotlib.patches import Patch
 
-    return [Patch(color=GROUP_COLORS[g], label=extra(g) if extra else GROUP_NAMES[g]) for g in groups]
+    return [
+        Patch(color=GROUP_COLORS[g], label=extra(g) if extra else GROUP_NAMES[g]) for g in groups
+    ]
 
 
 def _with_ap(rows, task):

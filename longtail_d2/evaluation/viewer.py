@@ -113,7 +113,9 @@ def select_categories(dataset_name, names_or_ids):
         elif x.isdigit() and int(x) in to_contiguous:
             chosen.append(to_contiguous[int(x)])
         else:
-            raise ViewerError(f"--categories: {x!r} is neither a category name nor id of {dataset_name}")
+            raise ViewerError(
+                f"--categories: {x!r} is neither a category name nor id of {dataset_name}"
+            )
     return chosen
 
 

@@ -83,7 +83,9 @@ def test_classwise_table_capped_at_lvis_scale_keeps_worst_rare():
     assert len(lines) == 2 + 60 + 1  # header, rule, 60 rows, the "showing" line
     shown = table_cells(text)
     assert len(shown) == 180
-    rare = sorted(r["bbox/AP"] for r in rows if r["frequency"] == "r" and not math.isnan(r["bbox/AP"]))
+    rare = sorted(
+        r["bbox/AP"] for r in rows if r["frequency"] == "r" and not math.isnan(r["bbox/AP"])
+    )
     shown_rare = sorted(ap for name, ap in shown if name.endswith("(r)"))
     assert shown_rare == rare[:90]  # half of the places: the 90 lowest rare APs
     assert sum(name.endswith("(c)") for name, _ in shown) == 45
