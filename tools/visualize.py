@@ -16,7 +16,8 @@ blue); or a summary plot of a dataset.
     python tools/visualize.py --config-file x.yaml --summary --dataset longtail_synth_train
 
 Without --results and MODEL.WEIGHTS only the ground truth is drawn. The PNGs go to --output;
-with --group the ranking is also printed and written to ranking.csv.
+with --group the ranking is also printed and written to ranking.csv. (With a model, --group
+predicts every image holding the group's classes: on a large set, rank a results file instead.)
 """
 import argparse
 import csv
