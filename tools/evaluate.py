@@ -57,13 +57,13 @@ def _defaults():
 
 def _ground_truth(args):
     """(config, ground truth) of the command line."""
+    use_defaults = not (args.config_file or args.opts)  # e.g. a builtin LVIS name
     if args.gt:
-        use_defaults = not (args.config_file or args.opts)
         cfg = _defaults() if use_defaults else load_config(args.config_file, args.opts)
         return cfg, EvalGroundTruth.from_json(args.gt)
     from detectron2.data import DatasetCatalog
 
-    cfg = prepare_run(args.config_file, args.opts)
+    cfg = _defaults() if use_defaults else prepare_run(args.config_file, args.opts)
     if args.dataset not in DatasetCatalog.list():
         raise DatasetError(f"dataset {args.dataset!r} is not registered (pass its --config-file)")
     return cfg, EvalGroundTruth.from_dataset(args.dataset)

@@ -8,6 +8,7 @@ per-category precision arrays are joined: the numbers are those of one run over 
 (image, category) pair and a dict per detection).
 """
 
+import gc
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -19,9 +20,11 @@ from .detections import Detections
 __all__ = ["ground_truth_api", "precision_per_category", "mean_valid", "AREA_LABELS"]
 
 AREA_LABELS = ("all", "small", "medium", "large")  # faster-coco-eval's default area ranges
-# Bounds of one group: detections turned into dicts, and (image, category) pairs evaluated.
+# Bounds of one group: detections turned into dicts, and (image, category) pairs evaluated
+# (faster-coco-eval visits every pair of its images x categories; small groups of categories
+# with the images where they occur visit few empty pairs).
 MAX_DETS_PER_GROUP = 300_000
-MAX_PAIRS_PER_GROUP = 2_000_000
+MAX_PAIRS_PER_GROUP = 2_000
 
 
 def _quiet(*_args, **_kwargs):
@@ -33,11 +36,11 @@ def ground_truth_api(gt: dict) -> COCO:
     copied; annotations are shallow copies because faster-coco-eval writes into them
     (``ignore``, ``rle``), and ``gt`` may be a cached dict shared with the data loader."""
     api = COCO(print_function=_quiet)
-    api.dataset = {
-        "images": gt["images"],
-        "annotations": [dict(a) for a in gt["annotations"]],
-        "categories": gt["categories"],
-    }
+    anns = [dict(a) for a in gt["annotations"]]
+    for a in anns:
+        if "area" not in a:  # absent from some COCO-style files: the box area
+            a["area"] = float(a["bbox"][2] * a["bbox"][3])
+    api.dataset = {"images": gt["images"], "annotations": anns, "categories": gt["categories"]}
     api.createIndex()
     return api
 
@@ -78,7 +81,19 @@ def _groups(cat_ids, det_counts, img_counts):
     return groups
 
 
-def precision_per_category(
+def precision_per_category(*args, **kwargs) -> Dict[str, np.ndarray]:
+    """:func:`_precision_per_category` with Python's cyclic garbage collector paused: it would
+    otherwise rescan the (many, acyclic) detection dicts again and again as they are made."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _precision_per_category(*args, **kwargs)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _precision_per_category(
     gt_api: COCO,
     dets: Detections,
     iou_type: str,
@@ -103,17 +118,22 @@ def precision_per_category(
     sorted_cats = dets.category_id[order]
     lo = np.searchsorted(sorted_cats, cat_ids, "left")
     hi = np.searchsorted(sorted_cats, cat_ids, "right")
-    gt_images = {
-        c: np.unique(np.asarray(gt_api.catToImgs.get(c, []), np.int64)) for c in cat_ids.tolist()
+    # The images where each category has ground truth or detections: the only ones whose
+    # (image, category) pairs faster-coco-eval needs to visit.
+    images_of = {
+        c: np.union1d(
+            np.asarray(gt_api.catToImgs.get(c, []), np.int64), dets.image_id[order[l:h]]
+        )
+        for c, l, h in zip(cat_ids.tolist(), lo, hi)
     }
-    img_counts = [len(gt_images[c]) + (h - l) for c, l, h in zip(cat_ids.tolist(), lo, hi)]
+    img_counts = [len(images_of[c]) for c in cat_ids.tolist()]
     parts, first_id = [], 1
     iou_thrs = None
     for group in _groups(cat_ids.tolist(), (hi - lo).tolist(), img_counts):
         k0, k1 = np.searchsorted(cat_ids, group[0]), np.searchsorted(cat_ids, group[-1]) + 1
         index = np.sort(order[lo[k0] : hi[k1 - 1]])
         part = dets.select(index)
-        images = np.unique(np.concatenate([part.image_id] + [gt_images[c] for c in group]))
+        images = np.unique(np.concatenate([np.zeros(0, np.int64)] + [images_of[c] for c in group]))
         dt_api = COCO(print_function=_quiet)
         dt_api.dataset = {
             "images": [],
