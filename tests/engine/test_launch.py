@@ -74,7 +74,9 @@ def _final_model(out):
 def spawned(tmp_path_factory, datasets_root):
     """The reference: detectron2's launch spawns 2 gloo workers."""
     out = str(tmp_path_factory.mktemp("spawned"))
-    _finish(_start(_train_net(out, "--num-gpus", "2")))
+    # A free port, not detectron2's default one per user (another run may hold it).
+    url = f"tcp://127.0.0.1:{_free_port()}"
+    _finish(_start(_train_net(out, "--num-gpus", "2", "--dist-url", url)))
     return out
 
 
