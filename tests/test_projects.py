@@ -8,11 +8,9 @@ import pytest
 from tests.conftest import REPO, read_metrics, run_train_net
 
 # BALMS's stage 2 needs a stage-1 checkpoint: tests/engine/test_balms.py runs the two stages.
-INSTANT = sorted(
-    p
-    for p in glob.glob(os.path.join(REPO, "projects", "*", "configs", "*_instant*.yaml"))
-    if "decoupled" not in p
-)
+ALL_INSTANT = sorted(glob.glob(os.path.join(REPO, "projects", "*", "configs", "*_instant*.yaml")))
+INSTANT = [p for p in ALL_INSTANT if "decoupled" not in p]
+DECOUPLED = [p for p in ALL_INSTANT if "decoupled" in p]
 
 
 @pytest.mark.parametrize("config", INSTANT, ids=[os.path.basename(p) for p in INSTANT])
@@ -24,22 +22,34 @@ def test_instant_config_trains_and_evaluates(config, tmp_path, datasets_root):
     assert {"bbox/AP", "segm/AP", "segm/APr", "segm/APc", "segm/APf"} <= set(metrics)
 
 
-def test_every_method_has_an_instant_config_and_readme():
-    methods = {
-        "Baseline",
-        "EQL",
-        "DropLoss",
-        "EQLv2",
-        "Seesaw",
-        "BalancedSoftmax",
-        "Federated",
-        "BALMS",
-    }
-    for method in methods:
-        assert os.path.isfile(os.path.join(REPO, "projects", method, "README.md")), method
-        assert glob.glob(
-            os.path.join(REPO, "projects", method, "configs", "*_instant*.yaml")
-        ), method
+METHODS = sorted(
+    os.path.basename(os.path.dirname(d)) for d in glob.glob(os.path.join(REPO, "projects", "*", ""))
+)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_has_an_instant_config_and_readme(method):
+    assert os.path.isfile(os.path.join(REPO, "projects", method, "README.md")), method
+    assert glob.glob(os.path.join(REPO, "projects", method, "configs", "*_instant*.yaml")), method
+
+
+def test_every_registered_loss_and_head_has_an_instant_config():
+    """A loss or ROI head added to the registries without a project instant config fails here
+    (registry aliases count as their class)."""
+    from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY
+
+    from longtail_d2.engine import load_config
+    from longtail_d2.modeling.losses import LONGTAIL_LOSS_REGISTRY
+
+    assert {"Baseline", "EQL", "DropLoss", "EQLv2", "Seesaw", "BALMS", "PCB", "FASA"} <= set(
+        METHODS
+    )
+    configs = [load_config(p) for p in INSTANT + DECOUPLED]
+    used_losses = {LONGTAIL_LOSS_REGISTRY.get(c.MODEL.ROI_BOX_HEAD.CLS_LOSS) for c in configs}
+    used_heads = {ROI_HEADS_REGISTRY.get(c.MODEL.ROI_HEADS.NAME) for c in configs}
+    assert {cls for _, cls in LONGTAIL_LOSS_REGISTRY} <= used_losses
+    ours = {cls for _, cls in ROI_HEADS_REGISTRY if cls.__module__.startswith("longtail_d2.")}
+    assert ours <= used_heads
 
 
 def test_loss_sampler_and_cascade_combine_by_config(tmp_path, datasets_root):
