@@ -253,6 +253,13 @@ def _init_worker(env: DistEnv, timeout: timedelta):
     os.environ.setdefault("MASTER_ADDR", env.master_addr)
     os.environ.setdefault("MASTER_PORT", str(env.master_port))
     if has_gpu:
+        if env.local_rank >= torch.cuda.device_count():
+            # detectron2's DDP wrapper uses the local rank as the device index.
+            raise LaunchError(
+                f"{env.source}: local rank {env.local_rank} but {torch.cuda.device_count()} "
+                "GPU(s) visible to this process: every worker must see all GPUs of its machine "
+                "(srun --gpus-per-node, not --gpus-per-task)"
+            )
         torch.cuda.set_device(env.local_rank)
     dist.init_process_group(
         backend="NCCL" if has_gpu else "GLOO",

@@ -223,3 +223,14 @@ def test_inconsistent_world_rejected():
         find_dist_env(tr)
     with pytest.raises(LaunchError, match="not a multiple"):
         find_dist_env(dict(tr, RANK="0", LOCAL_WORLD_SIZE="3"))
+
+
+def test_worker_that_cannot_see_its_gpu_rejected(monkeypatch):
+    # srun --gpus-per-task: each task sees one GPU, but DDP would use device = local rank.
+    from longtail_d2.engine import launch as launch_module
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    world = slurm_env(SLURM_2x4, _no_scontrol)  # local rank 2
+    with pytest.raises(LaunchError, match="local rank 2 but 1 GPU"):
+        launch_module._init_worker(world, launch_module.DEFAULT_TIMEOUT)
