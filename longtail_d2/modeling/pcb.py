@@ -114,7 +114,7 @@ PCB_VARIANTS = {
 }
 
 
-def pcb_variant(loss: nn.Module) -> Optional[PCBVariant]:
-    """How PCB plugs into ``loss``: the variant of the nearest class of its type's MRO in
+def pcb_variant(loss_type: type) -> Optional[PCBVariant]:
+    """How PCB plugs into a loss class: the variant of the nearest class of its MRO in
     PCB_VARIANTS (so a subclass of a supported loss is supported); None if there is none."""
-    return next((PCB_VARIANTS[k] for k in type(loss).__mro__ if k in PCB_VARIANTS), None)
+    return next((PCB_VARIANTS[k] for k in loss_type.__mro__ if k in PCB_VARIANTS), None)

@@ -32,7 +32,7 @@ class PCBOutputLayers(LongTailOutputLayers):
             kwargs: LongTailOutputLayers arguments.
         """
         super().__init__(input_shape, **kwargs)
-        self.variant = pcb_variant(self.cls_loss)
+        self.variant = pcb_variant(type(self.cls_loss))
         if self.variant is None:
             raise ValueError(
                 f"PCB is defined on {sorted(k.__name__ for k in PCB_VARIANTS)} and their "
