@@ -34,6 +34,8 @@ from detectron2.data.samplers import (
 from detectron2.utils import comm
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .named_errors import NamedErrorMapper
+
 __all__ = [
     "ResumableTrainLoader",
     "DeterministicBatchSampler",
@@ -259,7 +261,8 @@ def build_resumable_train_loader(
 
     Args:
         dataset: records; default DATASETS.TRAIN with FILTER_EMPTY_ANNOTATIONS.
-        mapper: default ``DatasetMapper(cfg, is_train=True)``.
+        mapper: default ``DatasetMapper(cfg, is_train=True)``; wrapped in NamedErrorMapper, so
+            that an image that fails to load is named (file and image id).
         sampler_factory: seed -> sampler; default DATALOADER.SAMPLER_TRAIN.
         total_batch_size: over all ranks; default SOLVER.IMS_PER_BATCH.
         stream: salt of the per-sample seeds (another loader of the same run uses another).
@@ -273,8 +276,7 @@ def build_resumable_train_loader(
             else 0,
             proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
         )
-    if mapper is None:
-        mapper = DatasetMapper(cfg, True)
+    mapper = NamedErrorMapper(DatasetMapper(cfg, True) if mapper is None else mapper)
     if sampler_factory is None:
         sampler_factory = train_sampler_factory(cfg, dataset)
     total = cfg.SOLVER.IMS_PER_BATCH if total_batch_size is None else total_batch_size
