@@ -86,12 +86,38 @@ def test_relative_paths_and_unknown_name(tmp_path, datasets_root):
 def test_builtin_lvis_frequency_groups():
     from detectron2.data import MetadataCatalog
 
-    freq = MetadataCatalog.get("lvis_v1_train").category_frequency
+    from longtail_d2.data import category_frequency
+
+    # Looked up on demand from detectron2's category lists; its catalogue is not edited.
+    assert "category_frequency" not in MetadataCatalog.get("lvis_v1_train").as_dict()
+    freq = category_frequency("lvis_v1_train")
     assert len(freq) == len(MetadataCatalog.get("lvis_v1_train").thing_classes)
     # Counts computed in METHODS.md from the LVIS v1 category file: 337 r / 461 c / 405 f.
     assert (freq.count("r"), freq.count("c"), freq.count("f")) == (337, 461, 405)
-    freq = MetadataCatalog.get("lvis_v0.5_val").category_frequency
+    freq = category_frequency("lvis_v0.5_val")
     assert (freq.count("r"), freq.count("c"), freq.count("f")) == (454, 461, 315)
+    assert "category_frequency" not in MetadataCatalog.get("lvis_v0.5_val").as_dict()
+
+
+def test_placeholder_when_training_annotations_are_missing(caplog):
+    """One stand-in, neutral for every consumer (see ClassStatistics.placeholder)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from longtail_d2.data import ClassStatistics, training_class_statistics
+
+    def missing():
+        raise FileNotFoundError("gone.json")
+
+    DatasetCatalog.register("gone_train", missing)
+    cfg = _cfg([], ("gone_train",))
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    MetadataCatalog.get("gone_train").set(thing_classes=["a", "b", "c"])
+    stats = training_class_statistics(cfg)
+    assert stats.is_placeholder and "gone.json" in caplog.text
+    assert stats.num_images == ClassStatistics.placeholder(3).num_images == 2
+    np.testing.assert_allclose(stats.image_frequency, [0.5, 0.5, 0.5])  # Balanced shift 0
+    assert stats.frequency == ["f", "f", "f"]  # no EQL / DropLoss tail class
+    assert stats.instance_count.tolist() == [1, 1, 1]
 
 
 def test_coco_test_set_takes_training_frequency(tmp_path, datasets_root):
@@ -123,3 +149,26 @@ def test_coco_test_set_takes_training_frequency(tmp_path, datasets_root):
     assert MetadataCatalog.get("ft_val").category_frequency == ["c", "r", "r"]
     gt_freq = [c["frequency"] for c in lvis_ground_truth("ft_val")["categories"]]
     assert gt_freq == ["c", "r", "r"]
+
+
+def test_ground_truth_is_rebuilt_not_shared(tmp_path, datasets_root):
+    """LVIS GT comes from the dataset's files through its metadata, with new category dicts:
+    editing one answer changes neither the next one nor the loaded dataset."""
+    from detectron2.data import MetadataCatalog
+
+    from longtail_d2.data import lvis_ground_truth, register
+    from longtail_d2.data.register import _load_file
+
+    assert not hasattr(register, "_LVIS_GT")
+    images = write_images(tmp_path / "images")
+    train = write_json(tmp_path / "gt.json", coco_dict())
+    register_datasets_from_config(_cfg([["gt_train", train, images]], ("gt_train",)))
+    first = lvis_ground_truth("gt_train")
+    assert [c["frequency"] for c in first["categories"]] == ["r", "r", "r"]
+    first["categories"][0]["frequency"] = "f"
+    first["categories"].append({"id": 99})
+    second = lvis_ground_truth("gt_train")
+    assert [c["frequency"] for c in second["categories"]] == ["r", "r", "r"]
+    loaded = _load_file(train, images)
+    assert all(c["frequency"] == "r" for c in loaded.categories)
+    assert MetadataCatalog.get("gt_train").category_frequency == ["r", "r", "r"]

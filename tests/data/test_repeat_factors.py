@@ -3,7 +3,7 @@ import math
 import torch
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 
-from longtail_d2.data import load_longtail_json
+from longtail_d2.data import load_longtail_json, rfs_repeat_factors
 from tests.conftest import write_json
 from tests.data.small_dataset import coco_dict, write_images
 
@@ -30,6 +30,27 @@ def test_repeat_factors_on_custom_dataset_match_lvis_formula(tmp_path):
     torch.testing.assert_close(factors, torch.tensor(expected), rtol=1e-6, atol=1e-6)
     cats = [{a["category_id"] for a in d["annotations"]} for d in dicts]
     torch.testing.assert_close(factors, torch.tensor(lvis_repeat_factors(cats, t)))
+    # The class-statistics counter gives the same factors.
+    torch.testing.assert_close(rfs_repeat_factors(dicts, t), torch.tensor(expected))
+
+
+def test_statistics_counter_matches_detectron2_on_any_input():
+    """rfs_repeat_factors (longtail_d2's one counter) against detectron2's own, with repeated
+    classes in an image, an image without annotations, both sqrt modes and several t."""
+    g = torch.Generator().manual_seed(0)
+    sizes = torch.randint(0, 5, (60,), generator=g).tolist()
+    dicts = [
+        {"annotations": [{"category_id": c} for c in torch.randint(0, 7, (n,), generator=g).tolist()]}
+        for n in sizes
+    ]
+    assert any(not d["annotations"] for d in dicts)
+    for t in (0.01, 0.1, 0.5):
+        for sqrt in (True, False):
+            ours = rfs_repeat_factors(dicts, t, sqrt=sqrt)
+            theirs = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+                dicts, t, sqrt=sqrt
+            )
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
 
 
 def test_repeat_factor_is_one_below_min_frequency(tmp_path):
