@@ -84,6 +84,7 @@ def inputs(tmp_path_factory, datasets_root):
     """Bad files and folders, and the cases: name -> (opts, fragments of the message, and
     the OUTPUT_DIR that must stay absent or untouched)."""
     root = str(tmp_path_factory.mktemp("bad"))
+    saved_cache = os.environ.get("XDG_CACHE_HOME")
     os.environ["XDG_CACHE_HOME"] = os.path.join(root, "cache")  # image-check cache
     write_images(os.path.join(root, "img"))
     bad_img = write_images(os.path.join(root, "bad_img"))
@@ -243,7 +244,11 @@ def inputs(tmp_path_factory, datasets_root):
         "output_dir_finished_run": finished,
         "output_dir_unfinished_run": unfinished,
     }
-    return root, cases, untouched
+    yield root, cases, untouched
+    if saved_cache is None:
+        os.environ.pop("XDG_CACHE_HOME")
+    else:
+        os.environ["XDG_CACHE_HOME"] = saved_cache
 
 
 def _instant_checkpoints(folder):
