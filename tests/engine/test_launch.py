@@ -52,12 +52,19 @@ def _start(cmd):
     )
 
 
-def _finish(*procs, timeout=300):
+def _finish(*procs, timeout=900):
+    """Outputs of the processes, which must all succeed. The limit is generous: a run takes
+    about 30 s of CPU but much longer on a loaded 2-core machine."""
     outs = []
-    for p in procs:
-        out, _ = p.communicate(timeout=timeout)
-        assert p.returncode == 0, out[-4000:]
-        outs.append(out)
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=timeout)
+            assert p.returncode == 0, out[-4000:]
+            outs.append(out)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
     return outs
 
 
