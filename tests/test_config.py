@@ -115,7 +115,8 @@ def test_restated_key_is_detected(tmp_path):
     leaf = tmp_path / "leaf.yaml"
     base = os.path.join(REPO, "configs", "Tiny", "mask_rcnn_R_18_FPN_instant.yaml")
     leaf.write_text(
-        f'_BASE_: "{base}"\nMODEL:\n  ROI_BOX_HEAD:\n    PRIOR_PROB: 0.001\n    CLS_LOSS: "EQLLoss"\n'
+        f'_BASE_: "{base}"\nMODEL:\n  ROI_BOX_HEAD:\n'
+        '    PRIOR_PROB: 0.001\n    CLS_LOSS: "EQLLoss"\n'
         "SOLVER:\n  MAX_ITER: 10\n  BASE_LR: 0.001\n"
     )
     assert restated_keys(str(leaf)) == ["MODEL.ROI_BOX_HEAD.PRIOR_PROB", "SOLVER.MAX_ITER"]

@@ -155,7 +155,8 @@ def meta_reweight_config_problems(cfg):
         LongTailROIHeads._forward_box
     ):
         problems.append("MODEL.ROI_HEADS.NAME LongTailROIHeads")
-    if not issubclass(LONGTAIL_LOSS_REGISTRY.get(cfg.MODEL.ROI_BOX_HEAD.CLS_LOSS), BalancedSigmoidLoss):
+    loss = LONGTAIL_LOSS_REGISTRY.get(cfg.MODEL.ROI_BOX_HEAD.CLS_LOSS)
+    if not issubclass(loss, BalancedSigmoidLoss):
         problems.append("MODEL.ROI_BOX_HEAD.CLS_LOSS BalancedSigmoidLoss")
     if cfg.SOLVER.AMP.ENABLED:
         problems.append("SOLVER.AMP.ENABLED False")

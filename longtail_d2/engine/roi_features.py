@@ -16,12 +16,13 @@ def check_roi_features_supported(heads):
     if not isinstance(heads, StandardROIHeads):
         raise ValueError(
             f"RoI features for the classifier need detectron2's standard ROI heads; {name} "
-            "(MODEL.ROI_HEADS.NAME) is not one (cascade heads have three classifiers)"
+            "(MODEL.ROI_HEADS.NAME) is not one, which they cannot replay"
         )
     if type(heads)._forward_box is not StandardROIHeads._forward_box:
         raise ValueError(
             f"RoI features for the classifier: {name} (MODEL.ROI_HEADS.NAME) replaces "
-            "detectron2's box path (_forward_box), which they cannot replay"
+            "detectron2's box path (_forward_box; cascade and PCB heads do), which they cannot "
+            "replay"
         )
 
 

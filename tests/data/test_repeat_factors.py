@@ -39,10 +39,8 @@ def test_statistics_counter_matches_detectron2_on_any_input():
     classes in an image, an image without annotations, both sqrt modes and several t."""
     g = torch.Generator().manual_seed(0)
     sizes = torch.randint(0, 5, (60,), generator=g).tolist()
-    dicts = [
-        {"annotations": [{"category_id": c} for c in torch.randint(0, 7, (n,), generator=g).tolist()]}
-        for n in sizes
-    ]
+    labels = [torch.randint(0, 7, (n,), generator=g).tolist() for n in sizes]
+    dicts = [{"annotations": [{"category_id": c} for c in cs]} for cs in labels]
     assert any(not d["annotations"] for d in dicts)
     for t in (0.01, 0.1, 0.5):
         for sqrt in (True, False):

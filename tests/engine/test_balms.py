@@ -126,3 +126,48 @@ def test_meta_reweight_needs_decoupled_balanced_softmax(tmp_path, datasets_root)
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: META_REWEIGHT.ENABLED needs MODEL.DECOUPLE.ENABLED")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "opts,problem",
+    [
+        ([], None),
+        (["MODEL.ROI_BOX_HEAD.CLS_LOSS", "BalancedSoftmaxLoss"], None),  # the documented alias
+        (["MODEL.ROI_BOX_HEAD.CLS_LOSS", "SigmoidCELoss"], "CLS_LOSS BalancedSigmoidLoss"),
+        (["MODEL.ROI_HEADS.NAME", "PCBROIHeads"], "ROI_HEADS.NAME LongTailROIHeads"),
+        (["MODEL.ROI_HEADS.NAME", "LongTailCascadeROIHeads"], "ROI_HEADS.NAME LongTailROIHeads"),
+    ],
+)
+def test_meta_reweight_requirements_by_type(opts, problem):
+    from longtail_d2.engine import load_config
+    from longtail_d2.engine.meta_reweight_trainer import meta_reweight_config_problems
+
+    config = os.path.join(CONFIGS, "balms_decoupled_R_18_FPN_instant.yaml")
+    cfg = load_config(config, ["META_REWEIGHT.ENABLED", "False", *opts])
+    cfg.defrost()
+    cfg.META_REWEIGHT.ENABLED = True
+    problems = meta_reweight_config_problems(cfg)
+    assert problems == [] if problem is None else any(problem in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        ["MODEL.ROI_HEADS.NAME", "LongTailCascadeROIHeads"],
+        ["MODEL.ROI_HEADS.NAME", "PCBROIHeads", "MODEL.ROI_BOX_HEAD.PCB.MLP_HIDDEN", "8"],
+    ],
+)
+def test_roi_features_refuse_heads_they_cannot_replay(opts, datasets_root):
+    """BALMS's and FASA's RoI-feature replay assumes detectron2's standard box path."""
+    from detectron2.modeling import build_model
+
+    from longtail_d2.engine import prepare_run
+    from longtail_d2.engine.roi_features import roi_box_features
+    from tests.conftest import INSTANT
+
+    agnostic = ["MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True"]
+    cfg = prepare_run(INSTANT, ["MODEL.DEVICE", "cpu", *agnostic, *opts])
+    model = build_model(cfg)
+    with pytest.raises(ValueError, match="cannot replay") as info:
+        roi_box_features(model, [])
+    assert "MODEL.ROI_HEADS.NAME" in str(info.value) and "\n" not in str(info.value)

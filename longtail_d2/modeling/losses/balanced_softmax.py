@@ -1,5 +1,6 @@
-"""Balanced Softmax, sigmoid variant: ``BalancedSigmoidLoss`` (Ren et al., "Balanced Meta-Softmax for Long-Tailed
-Visual Recognition", NeurIPS 2020; reference implementation of BALMS for instance segmentation).
+"""Balanced Softmax, sigmoid variant: ``BalancedSigmoidLoss`` (Ren et al., "Balanced Meta-Softmax
+for Long-Tailed Visual Recognition", NeurIPS 2020; reference implementation of BALMS for instance
+segmentation).
 
 On foreground RoIs every logit is shifted by the log-odds of its class's image frequency,
 z'_j = z_j + log(pi_j / (1 - pi_j)), before a sigmoid BCE; background RoIs are unchanged, and
@@ -15,7 +16,12 @@ from .base import ClassificationLoss, check_logits, one_hot_targets
 from .registry import LONGTAIL_LOSS_REGISTRY
 from .sigmoid_ce import sigmoid_scores, weighted_bce
 
-__all__ = ["balanced_sigmoid_loss", "balanced_logits", "BalancedSigmoidLoss", "BalancedSoftmaxLoss"]
+__all__ = [
+    "balanced_sigmoid_loss",
+    "balanced_logits",
+    "BalancedSigmoidLoss",
+    "BalancedSoftmaxLoss",
+]
 
 # pi is clamped into [FREQ_EPS, 1 - FREQ_EPS]: a class in every (or no) training image would
 # otherwise get an infinite shift.
