@@ -146,7 +146,7 @@ def _kill_after_checkpoint(args, out, checkpoint="model_0000002.pth"):
         )
         tag = os.path.join(out, "last_checkpoint")
         try:
-            deadline = time.time() + 900
+            deadline = time.time() + 1800  # generous: a loaded CI machine
             while not (os.path.isfile(tag) and open(tag).read() == checkpoint):
                 assert proc.poll() is None, f"train_net.py ended ({proc.returncode}) first"
                 assert time.time() < deadline
