@@ -151,9 +151,9 @@ def run_worker(name, folder, task, max_dets):
         from longtail_d2.evaluation import evaluate_lvis
         from longtail_d2.evaluation.detections import Detections
 
-        dets = Detections.from_npz(os.path.join(folder, "dets.npz"))
-        if task == "bbox":
-            dets.rle_bytes = dets.rle_offsets = dets.mask_size = None
+        with np.load(os.path.join(folder, "dets.npz")) as f:  # masks only for segm
+            keys = [k for k in f.files if task == "segm" or not k.startswith(("rle", "mask"))]
+            dets = Detections(**{k: f[k] for k in keys})
         start, cpu = time.perf_counter(), time.process_time()
         metrics, _ = evaluate_lvis(gt, dets, task, max_dets)
         metrics = {k: v / 100 for k, v in metrics.items()}
@@ -221,12 +221,14 @@ def main():
     for name in args.evaluators.split(","):
         cmd = [sys.executable, __file__, "--worker", name, "--folder", folder, "--task", args.task]
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(f"{name} failed:\n{proc.stderr[-3000:]}")
+        if proc.returncode != 0:  # e.g. -9: killed, out of memory
+            print(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
             continue
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(f"{name}: {rows[-1]['seconds']:.1f} s", flush=True)
-    ref = next((r for r in rows if r["name"] == "lvis-api"), rows[0] if rows else None)
+    if not rows:
+        return
+    ref = next((r for r in rows if r["name"] == "lvis-api"), rows[0])
     print(
         "\n| evaluator | time (s) | CPU time (s) | CPU time / lvis-api's | peak memory (GB) | AP "
         f"| max abs diff vs {ref['name']} |\n|---|---|---|---|---|---|---|"

@@ -27,6 +27,9 @@ __all__ = [
 ]
 
 
+GATHER_BATCH = 50_000  # masks whose bytes Detections.select gathers at a time
+
+
 class ResultsError(ValueError):
     """Malformed results file or detections that do not fit the ground truth (one line)."""
 
@@ -146,15 +149,24 @@ class Detections:
     def select(self, index: np.ndarray) -> "Detections":
         """The detections at ``index`` (int array or bool mask), in that order."""
         index = np.flatnonzero(index) if np.asarray(index).dtype == bool else np.asarray(index)
+        if len(index) == len(self) and np.array_equal(index, np.arange(len(self))):
+            return self  # nothing dropped (e.g. no image above the cap): no copy
         out = Detections(
             self.image_id[index], self.category_id[index], self.score[index], self.bbox[index]
         )
         if self.has_masks:
             lengths = (self.rle_offsets[1:] - self.rle_offsets[:-1])[index]
             out.rle_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-            # Byte positions of the selected masks, gathered without a Python loop.
-            starts = np.repeat(self.rle_offsets[index] - out.rle_offsets[:-1], lengths)
-            out.rle_bytes = self.rle_bytes[starts + np.arange(out.rle_offsets[-1])]
+            out.rle_bytes = np.empty(out.rle_offsets[-1], np.uint8)
+            # Byte positions of the selected masks, gathered without a Python loop, in batches
+            # (an int64 position per byte of all masks at once would be 8x their size).
+            for b in range(0, len(index), GATHER_BATCH):
+                sel, first = index[b : b + GATHER_BATCH], out.rle_offsets[b]
+                dst = out.rle_offsets[b : b + len(sel) + 1]
+                n = lengths[b : b + GATHER_BATCH]
+                starts = np.repeat(self.rle_offsets[sel] - dst[:-1], n)
+                positions = np.arange(first, dst[-1])
+                out.rle_bytes[first : dst[-1]] = self.rle_bytes[starts + positions]
             out.mask_size = self.mask_size[index]
         return out
 

@@ -42,13 +42,19 @@ def test_results_file_round_trip_is_exact(tmp_path):
     _assert_same(load_results_json(str(compact)), dets)
 
 
-def test_select_gathers_masks():
+def test_select_gathers_masks(monkeypatch):
+    from longtail_d2.evaluation import detections
+
     _, results = generated_case(num_images=5)
     dets = Detections.from_results(results)
     index = np.array([4, 0, 2])
     part = dets.select(index)
     want = Detections.from_results([results[i] for i in index])
     _assert_same(part, want)
+    monkeypatch.setattr(detections, "GATHER_BATCH", 2)  # masks gathered a few at a time
+    index = np.random.default_rng(0).permutation(len(results))[:-3]
+    _assert_same(dets.select(index), Detections.from_results([results[i] for i in index]))
+    assert dets.select(np.arange(len(results))) is dets  # nothing dropped: no copy
     rles = part.rles()
     assert rles[1]["counts"].decode() == results[0]["segmentation"]["counts"]
 
