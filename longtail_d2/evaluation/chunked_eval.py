@@ -13,7 +13,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 from faster_coco_eval import COCO, COCOeval_faster
-from pycocotools import mask as mask_util
+from faster_coco_eval.core import mask as fce_mask
 
 from .detections import Detections
 
@@ -58,7 +58,8 @@ def _detection_dicts(dets: Detections, iou_type: str, first_id: int) -> List[dic
             for (i, c, s, k), a, b in zip(common, area, ({"bbox": b} for b in dets.bbox.tolist()))
         ]
     rles = dets.rles()
-    area = mask_util.area(rles).tolist()  # loadRes / lvis-api: mask area
+    # loadRes / lvis-api: the mask area (pycocotools' area() fails on numpy 2 beyond 255 masks)
+    area = np.asarray(fce_mask.area(rles)).tolist()
     return [
         {"image_id": i, "category_id": c, "score": s, "id": k, "iscrowd": 0, "area": a, **r}
         for (i, c, s, k), a, r in zip(common, area, ({"segmentation": r} for r in rles))

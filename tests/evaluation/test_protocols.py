@@ -86,6 +86,9 @@ def test_coco_protocol_equals_pycocotools(iou_type):
 
 def test_category_groups_give_the_numbers_of_one_run(monkeypatch):
     gt, dets = generated_case()
+    assert len(dets) > 255  # one group with more masks than pycocotools' area() could take
+    monkeypatch.setattr(chunked_eval, "MAX_PAIRS_PER_GROUP", 10**9)
+    monkeypatch.setattr(chunked_eval, "MAX_DETS_PER_GROUP", 10**9)
     whole = {t: evaluate_lvis(gt, dets, t) for t in ("bbox", "segm")}
     monkeypatch.setattr(chunked_eval, "MAX_DETS_PER_GROUP", 7)  # ~a category per group
     for t, (metrics, per_cat) in whole.items():
