@@ -14,6 +14,8 @@ before anything is written to OUTPUT_DIR (README "What is checked").
 import sys
 
 import yaml
+
+import longtail_d2  # noqa: F401  # isort: skip  (first: its filters quiet detectron2 start-up warnings)
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm

@@ -151,6 +151,17 @@ def test_import_silences_third_party_start_up_noise():
     assert quiet.stderr == ""
 
 
+def test_train_net_start_up_is_quiet():
+    """``train_net.py`` imports longtail_d2 before detectron2, so even its start-up (``--help``
+    imports everything) prints nothing on stderr. (With longtail_d2 imported after detectron2,
+    this torch prints two ``torch.jit.script`` FutureWarnings here.)"""
+    proc = subprocess.run(
+        [sys.executable, "train_net.py", "--help"], capture_output=True, text=True, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+
+
 def test_pip_install_editable_into_this_environment_installs_only_longtail_d2(tmp_path):
     """`pip install -e .` resolved offline against this environment (which has detectron2 and
     everything else): nothing but longtail_d2 itself would be installed, torch is kept."""
