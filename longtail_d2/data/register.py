@@ -40,7 +40,11 @@ def datasets_root():
 
 
 def _resolve(path):
-    return path if os.path.isabs(path) else os.path.join(datasets_root(), path)
+    """A path as given when absolute or when it exists from the working directory
+    (``./data/x.json``), else under ``$DETECTRON2_DATASETS`` (detectron2's convention)."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    return os.path.join(datasets_root(), path)
 
 
 @functools.lru_cache(maxsize=8)
