@@ -122,6 +122,12 @@ def add_pcb_config(cfg):
     pcb.REG_PASS = 2
     # Hidden width of the two modulation MLPs.
     pcb.MLP_HIDDEN = 512
+    # LayerNorm on the logits entering the channel MLP (the reference's use_layer_norm: on in
+    # its EQL v2 + PCB configs, off for softmax and Seesaw).
+    pcb.USE_LAYER_NORM = False
+    # Update the confusion matrix at every pass of the iterative head (the reference: T updates
+    # per step, EMA time constant ~1/(T(1-m)) steps) instead of once per step at the last pass.
+    pcb.UPDATE_PER_PASS = False
     # Old names are rejected with a message that gives the new one (yacs' renamed keys).
     for old, new in PCB_RENAMED_KEYS.items():
         if not cfg.key_is_renamed(old):

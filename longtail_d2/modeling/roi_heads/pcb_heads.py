@@ -23,12 +23,24 @@ __all__ = ["PCBOutputLayers", "PCBROIHeads"]
 
 class PCBOutputLayers(LongTailOutputLayers):
     @configurable
-    def __init__(self, input_shape, *, momentum=0.99, alpha=0.4, start_iter=0, **kwargs):
+    def __init__(
+        self,
+        input_shape,
+        *,
+        momentum=0.99,
+        alpha=0.4,
+        start_iter=0,
+        update_per_pass=False,
+        **kwargs,
+    ):
         """
         Args:
             momentum: EMA momentum m of the confusion matrix.
             alpha: weight of the soft targets at the last pass.
             start_iter: PCB acts from this iteration on, once every class has been seen.
+            update_per_pass: update the matrix with each pass's predictions before that pass's
+                loss (the reference: T updates per step); else once per step, with the last
+                pass's, before all losses.
             kwargs: LongTailOutputLayers arguments.
         """
         super().__init__(input_shape, **kwargs)
@@ -38,7 +50,7 @@ class PCBOutputLayers(LongTailOutputLayers):
                 f"PCB is defined on {sorted(k.__name__ for k in PCB_VARIANTS)} and their "
                 f"subclasses, not on {type(self.cls_loss).__name__} (MODEL.ROI_BOX_HEAD.CLS_LOSS)"
             )
-        self.alpha, self.start_iter = alpha, start_iter
+        self.alpha, self.start_iter, self.update_per_pass = alpha, start_iter, update_per_pass
         self.confusion = PairwiseConfusion(self.num_classes, momentum, self.variant.normalize_rows)
 
     @classmethod
@@ -49,6 +61,7 @@ class PCBOutputLayers(LongTailOutputLayers):
             momentum=pcb.MOMENTUM,
             alpha=pcb.ALPHA,
             start_iter=pcb.START_ITER if pcb.START_ITER >= 0 else cfg.SOLVER.STEPS[0],
+            update_per_pass=pcb.UPDATE_PER_PASS,
         )
         return ret
 
@@ -62,15 +75,23 @@ class PCBOutputLayers(LongTailOutputLayers):
         gt_classes = cat([p.gt_classes for p in proposals], dim=0)
         fg = gt_classes < self.num_classes
         last = predictions[-1][0].float()
-        self.confusion.update(
-            self.variant.probabilities(last[fg].detach(), self.num_classes), gt_classes[fg]
-        )
+
+        def update(scores):
+            probs = self.variant.probabilities(scores.float()[fg].detach(), self.num_classes)
+            self.confusion.update(probs, gt_classes[fg])
+
         storage = get_event_storage()
-        active = storage.iter >= self.start_iter and self.confusion.all_seen()
-        storage.put_scalar("pcb_active", float(active))
-        alphas = pcb_alphas(self.alpha, len(predictions), active)
+        if not self.update_per_pass:
+            update(last)
         losses = {}
-        for t, ((scores, _), alpha, weight) in enumerate(zip(predictions, alphas, loss_weights)):
+        for t, ((scores, _), weight) in enumerate(zip(predictions, loss_weights)):
+            if self.update_per_pass:
+                update(scores)
+            if t == 0:  # the gate is decided once per step, after the step's first update
+                active = storage.iter >= self.start_iter and self.confusion.all_seen()
+                storage.put_scalar("pcb_active", float(active))
+                alphas = pcb_alphas(self.alpha, len(predictions), active)
+            alpha = alphas[t]
             kwargs = self.variant.loss_kwargs(self.confusion, gt_classes[fg], alpha)
             # Loss statistics (Seesaw's counts, EQL v2's gradients) move once per step, at the
             # last pass (the reference updates them at every pass, tripling them).
@@ -85,9 +106,15 @@ class PCBOutputLayers(LongTailOutputLayers):
         return losses
 
 
-def _mlp(in_features, hidden, out_features):
+def _mlp(in_features, hidden, out_features, layer_norm=False):
+    """Linear-ReLU-Linear; with ``layer_norm``, a LayerNorm(in_features) on its input first (the
+    reference's ``use_layer_norm``, on in its EQL v2 + PCB configs)."""
+    layers = [nn.LayerNorm(in_features)] if layer_norm else []
     return nn.Sequential(
-        nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_features)
+        *layers,
+        nn.Linear(in_features, hidden),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden, out_features),
     )
 
 
@@ -97,7 +124,15 @@ class PCBROIHeads(LongTailROIHeads):
 
     @configurable
     def __init__(
-        self, *, num_passes, pass_loss_weights, reg_pass, mlp_hidden, pooled_shape, **kwargs
+        self,
+        *,
+        num_passes,
+        pass_loss_weights,
+        reg_pass,
+        mlp_hidden,
+        pooled_shape,
+        use_layer_norm=False,
+        **kwargs,
     ):
         """
         Args:
@@ -106,6 +141,8 @@ class PCBROIHeads(LongTailROIHeads):
             reg_pass: the pass whose box regression is trained.
             mlp_hidden: hidden width of the two modulation MLPs.
             pooled_shape: (channels, resolution) of the pooled RoI features.
+            use_layer_norm: LayerNorm over the classification logits (R, num_logits) at the
+                input of the channel MLP (not of the spatial one).
         """
         super().__init__(**kwargs)
         if len(pass_loss_weights) != num_passes or not 0 <= reg_pass < num_passes:
@@ -121,7 +158,9 @@ class PCBROIHeads(LongTailROIHeads):
         self.pooled_shape = pooled_shape
         channels, resolution = pooled_shape
         predictor = self.box_predictor
-        self.channel_mlp = _mlp(predictor.cls_score.out_features, mlp_hidden, channels)
+        self.channel_mlp = _mlp(
+            predictor.cls_score.out_features, mlp_hidden, channels, use_layer_norm
+        )
         self.spatial_mlp = _mlp(predictor.bbox_pred.out_features, mlp_hidden, resolution**2)
 
     @classmethod
@@ -134,6 +173,7 @@ class PCBROIHeads(LongTailROIHeads):
             pass_loss_weights=tuple(pcb.PASS_LOSS_WEIGHTS),
             reg_pass=pcb.REG_PASS,
             mlp_hidden=pcb.MLP_HIDDEN,
+            use_layer_norm=pcb.USE_LAYER_NORM,
             pooled_shape=(
                 input_shape[in_features[0]].channels,
                 cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION,
