@@ -10,16 +10,17 @@ states saved and restored, so that it does not shift the training streams.
 """
 
 import logging
-import os
 import weakref
 
+from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..data.named_errors import NamedErrorMapper
 from ..data.resumable_loader import ResumableTrainLoader, build_resumable_train_loader
-from ..evaluation import LongTailLVISEvaluator
+from ..evaluation import build_longtail_evaluator
 from ..modeling.decouple import freeze_for_decoupled_training
 from .checkpoint import LongTailCheckpointer, capture_rng_states, restore_rng_states
 
@@ -121,12 +122,12 @@ class LongTailTrainer(DefaultTrainer):
         return model
 
     @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """detectron2's test loader whose mapper names the image (file and id) it fails on."""
+        mapper = NamedErrorMapper(DatasetMapper(cfg, is_train=False))
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        if output_folder is None:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return LongTailLVISEvaluator(
-            dataset_name,
-            output_folder,
-            tasks=("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",),
-            max_dets_per_image=cfg.TEST.LVIS_MAX_DETS_PER_IMAGE,
-        )
+        """The protocol of TEST.EVALUATOR (see :func:`build_longtail_evaluator`)."""
+        return build_longtail_evaluator(cfg, dataset_name, output_folder)
