@@ -8,6 +8,10 @@ Speed of the classification losses (not a test; prints tables).
    Target: at most 3% slower (PCB's iterative head runs the box head three times by design).
 
     python benchmarks/bench_losses.py [--rois 1024] [--classes 1203] [--iters 20] [--train-iters 30]
+                                      [--threads 2] [--skip-training]
+
+The header gives the load average: other processes on the machine slow every entry, and with
+more busy threads than cores each parallel kernel also waits for its threads to be scheduled.
 """
 import argparse
 import os
@@ -105,9 +109,10 @@ def bench_losses(args, device):
     medians = interleaved_medians(steps, args.iters, device)
     base = medians["SoftmaxCELoss"]
     rows = [[n, f"{t * 1e3:.2f}", f"{t / base:.2f}x"] for n, t in medians.items()]
+    load = ", load average %.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else ""
     print(
-        f"\nForward + backward, {args.rois} RoIs x {args.classes} classes, {device} "
-        f"(median of {args.iters} interleaved rounds):"
+        f"\nForward + backward, {args.rois} RoIs x {args.classes} classes, {device}, "
+        f"{torch.get_num_threads()} threads (median of {args.iters} interleaved rounds{load}):"
     )
     print(tabulate(rows, headers=["loss", "ms", "vs softmax CE"], tablefmt="pipe"))
 
@@ -168,7 +173,9 @@ if __name__ == "__main__":
     parser.add_argument("--train-iters", type=int, default=30)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     bench_losses(args, torch.device(args.device))
     if not args.skip_training:
         bench_training(args)

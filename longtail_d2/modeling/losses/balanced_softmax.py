@@ -14,7 +14,7 @@ from detectron2.config import configurable
 
 from .base import ClassificationLoss, check_logits, one_hot_targets
 from .registry import LONGTAIL_LOSS_REGISTRY
-from .sigmoid_ce import sigmoid_scores, weighted_bce
+from .sigmoid_ce import positive_positions, sigmoid_bce, sigmoid_scores, weighted_bce
 
 __all__ = [
     "balanced_sigmoid_loss",
@@ -53,9 +53,13 @@ def balanced_sigmoid_loss(
     """
     num_classes = class_freq.numel()
     check_logits(logits, gt_classes, num_classes, "balanced_sigmoid_loss")
-    targets = one_hot_targets(gt_classes, num_classes, logits.dtype)
+    shifted = balanced_logits(logits, gt_classes, class_freq)
     weights = None if roi_weights is None else roi_weights.to(logits.dtype)[:, None]
-    return weighted_bce(balanced_logits(logits, gt_classes, class_freq), targets, weights)
+    if weights is not None and weights.requires_grad:
+        # BALMS's meta step differentiates through the weights: torch's ops (every order).
+        targets = one_hot_targets(gt_classes, num_classes, logits.dtype)
+        return weighted_bce(shifted, targets, weights)
+    return sigmoid_bce(shifted, positive_positions(gt_classes, num_classes), weights)
 
 
 @LONGTAIL_LOSS_REGISTRY.register()

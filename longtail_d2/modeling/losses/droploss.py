@@ -12,10 +12,10 @@ from typing import Optional
 import torch
 
 from ..distributed import all_reduce_sum
-from .base import check_logits, one_hot_targets
-from .eql import EQLLoss, keep_positives
+from .base import check_logits
+from .eql import EQLLoss, eql_weights
 from .registry import LONGTAIL_LOSS_REGISTRY
-from .sigmoid_ce import weighted_bce
+from .sigmoid_ce import positive_positions, sigmoid_bce
 
 __all__ = ["drop_loss", "tail_ratio_counts", "DropLoss"]
 
@@ -49,17 +49,20 @@ def drop_loss(
     if ratio is None:
         num_tail, num_fg = tail_ratio_counts(gt_classes, tail_mask).tolist()
         ratio = num_tail / num_fg if num_fg > 0 else 1.0
-    targets = one_hot_targets(gt_classes, num_classes, logits.dtype)
-    is_fg = gt_classes < num_classes
+    positions = positive_positions(gt_classes, num_classes)
     # Foreground rows: EQL (1 - T_j off the true class).
-    weights = torch.outer(is_fg.to(logits.dtype), tail_mask.to(logits.dtype)).neg_().add_(1)
+    weights = eql_weights(gt_classes, tail_mask, logits.dtype)
     # Background rows: a tail negative is kept where U <= rho, i.e. dropped with probability
     # 1 - rho. Only these (RoI, class) pairs are drawn: the RNG dominates this loss on CPU.
-    bg_rows = (~is_fg).nonzero()[:, 0]
+    bg_rows = (gt_classes >= num_classes).nonzero()[:, 0]
     tail_cols = tail_mask.nonzero()[:, 0]
     kept = torch.rand(len(bg_rows), len(tail_cols), device=logits.device).le_(ratio)
-    weights[bg_rows[:, None], tail_cols[None, :]] = kept.to(logits.dtype)
-    return weighted_bce(logits, targets, keep_positives(weights, gt_classes))
+    # Whole-row and whole-column copies (index_copy_) rather than a 2-D scatter.
+    bg_weights = weights.new_ones(len(bg_rows), num_classes)
+    bg_weights.index_copy_(1, tail_cols, kept.to(logits.dtype))
+    weights.index_copy_(0, bg_rows, bg_weights)
+    # Positive terms are never dropped: weight 1 at (r, y_r).
+    return sigmoid_bce(logits, positions, weights, logits.new_ones(positions[0].shape[0]))
 
 
 @LONGTAIL_LOSS_REGISTRY.register()

@@ -9,18 +9,17 @@ Background RoIs keep every term.
 import torch
 from detectron2.config import configurable
 
-from .base import ClassificationLoss, check_logits, one_hot_targets
+from .base import ClassificationLoss, check_logits
 from .registry import LONGTAIL_LOSS_REGISTRY, tail_mask
-from .sigmoid_ce import sigmoid_scores, weighted_bce
+from .sigmoid_ce import positive_positions, sigmoid_bce, sigmoid_scores
 
 __all__ = ["eql_loss", "EQLLoss"]
 
 
-def keep_positives(weights, gt_classes):
-    """Sets w[r, y_r] = 1 on foreground rows, in place: positive terms are never dropped."""
-    rows = (gt_classes < weights.shape[1]).nonzero()[:, 0]
-    weights[rows, gt_classes[rows]] = 1
-    return weights
+def eql_weights(gt_classes, tail_mask, dtype):
+    """(R, C) W = 1 - E_r T_j in one pass (the positives are overridden by the caller)."""
+    is_fg = (gt_classes < tail_mask.shape[0])[:, None]
+    return torch.where(is_fg, (~tail_mask).to(dtype)[None, :], torch.ones((), dtype=dtype))
 
 
 def eql_loss(logits: torch.Tensor, gt_classes: torch.Tensor, tail_mask: torch.Tensor):
@@ -34,11 +33,10 @@ def eql_loss(logits: torch.Tensor, gt_classes: torch.Tensor, tail_mask: torch.Te
     """
     num_classes = tail_mask.numel()
     check_logits(logits, gt_classes, num_classes, "eql_loss")
-    targets = one_hot_targets(gt_classes, num_classes, logits.dtype)
-    is_fg = (gt_classes < num_classes).to(logits.dtype)
-    # 1 - E_r T_j, then 1 again at (r, y_r). Built in place: this runs on R x C every step.
-    weights = torch.outer(is_fg, tail_mask.to(logits.dtype)).neg_().add_(1)
-    return weighted_bce(logits, targets, keep_positives(weights, gt_classes))
+    positions = positive_positions(gt_classes, num_classes)
+    weights = eql_weights(gt_classes, tail_mask, logits.dtype)
+    # Positive terms are never dropped: weight 1 at (r, y_r).
+    return sigmoid_bce(logits, positions, weights, logits.new_ones(positions[0].shape[0]))
 
 
 @LONGTAIL_LOSS_REGISTRY.register()

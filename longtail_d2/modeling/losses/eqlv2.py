@@ -16,7 +16,7 @@ from detectron2.config import configurable
 from ..distributed import all_reduce_sum
 from .base import ClassificationLoss, check_logits, one_hot_targets
 from .registry import LONGTAIL_LOSS_REGISTRY
-from .sigmoid_ce import weighted_bce
+from .sigmoid_ce import _SigmoidBCE, positive_positions, weighted_bce
 
 __all__ = ["eqlv2_loss", "eqlv2_class_weights", "EQLv2Loss"]
 
@@ -61,26 +61,18 @@ def eqlv2_loss(
     """
     num_classes = pos_grad.numel()
     check_logits(logits, gt_classes, num_classes + 1, "eqlv2_loss")
-    targets = one_hot_targets(gt_classes, num_classes + 1, logits.dtype)
     pos_w, neg_w = eqlv2_class_weights(
         pos_grad.to(logits.dtype), neg_grad.to(logits.dtype), gamma, mu, alpha
     )
     one = pos_w.new_ones(1)
     pos_w, neg_w = torch.cat([pos_w, one]), torch.cat([neg_w, one])
     if soft_targets is not None:
+        targets = one_hot_targets(gt_classes, num_classes + 1, logits.dtype)
         return _eqlv2_soft(logits, gt_classes, targets, soft_targets, pos_w, neg_w)
-    # W = r on every term, then q at (r, y_r): one (R, C + 1) tensor.
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    weights = neg_w.expand_as(logits).clone()
-    weights[rows, gt_classes] = pos_w[gt_classes]
-    loss = weighted_bce(logits, targets, weights)
-    with torch.no_grad():
-        grad = torch.sigmoid(logits).sub_(targets).abs_().mul_(weights)
-        # P_j: the positive terms (row r, class y_r); Q_j: the rest of column j, summed after
-        # zeroing the positives (a difference of sums would cancel the tiny rare-class terms).
-        pos_inc = grad.new_zeros(num_classes + 1).index_add_(0, gt_classes, grad[rows, gt_classes])
-        grad[rows, gt_classes] = 0
-        neg_inc = grad.sum(0)
+    # W = r on every term (one (1, C + 1) row), q at (r, y_r): no (R, C + 1) weights or
+    # targets. The statistics come from the sigma(z) that the backward reuses.
+    rows, cols = positive_positions(gt_classes, num_classes + 1)
+    loss, pos_inc, neg_inc = _SigmoidBCE.apply(logits, rows, cols, neg_w[None, :], pos_w[cols], True)
     return loss, pos_inc[:num_classes], neg_inc[:num_classes]
 
 

@@ -11,9 +11,9 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 
-from .base import ClassificationLoss, one_hot_targets
+from .base import ClassificationLoss
 from .registry import LONGTAIL_LOSS_REGISTRY
-from .sigmoid_ce import sigmoid_scores, weighted_bce
+from .sigmoid_ce import positive_positions, sigmoid_bce, sigmoid_scores
 
 __all__ = ["FederatedLoss"]
 
@@ -63,8 +63,11 @@ class FederatedLoss(ClassificationLoss):
         fed_classes = self.get_fed_loss_classes(gt_classes, num_fed, C, self.fed_loss_cls_weights)
         mask = logits.new_zeros(C + 1)
         mask[fed_classes] = 1
-        targets = one_hot_targets(gt_classes, C, logits.dtype)
-        return {"loss_cls": weighted_bce(logits[:, :C], targets, mask[None, :C])}
+        # All C + 1 logits with weight 0 on the unused last one: its gradient is then zero
+        # without a slice's backward scattering (R, C) into (R, C + 1).
+        mask[C] = 0
+        positions = positive_positions(gt_classes, C)
+        return {"loss_cls": sigmoid_bce(logits, positions, mask[None, :])}
 
     def scores(self, logits):
         return sigmoid_scores(logits[:, : self.num_classes])
