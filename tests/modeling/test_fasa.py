@@ -1,5 +1,7 @@
 """FASA: feature statistics, virtual features, initial probabilities, grouping, adaptation."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -72,14 +74,34 @@ def test_adaptation_direction():
     )  # clamped at 1
 
 
-def test_grouping_uses_similarity_and_falls_back():
+def test_grouping_uses_similarity_and_falls_back(caplog):
     means = torch.tensor([[0.0, 0], [0.01, 0], [1, 1], [1.01, 1]])
     groups = class_groups(means)
     # Close means share a group (with distances as "similarities" they would be split apart).
     assert groups[0] == groups[1] and groups[2] == groups[3] and groups[0] != groups[2]
     rng = np.random.default_rng(0)
-    fallback = class_groups(torch.tensor(rng.normal(size=(30, 4))), max_iter=2)
+    with caplog.at_level(logging.WARNING, logger="longtail_d2.modeling.fasa"):
+        fallback = class_groups(torch.tensor(rng.normal(size=(30, 4))), max_iter=2)
     assert fallback.tolist() == list(range(30))
+    assert "did not converge in 2 iterations" in caplog.text
+    assert "one group per class" in caplog.text
+
+
+@pytest.mark.parametrize("seed, num_classes", [(0, 120), (1, 120), (2, 300)])
+def test_grouping_converges_and_recovers_planted_clusters(caplog, seed, num_classes):
+    """Means in 6 well-separated clusters with noise: the groups are exactly the planted ones.
+    (sklearn's defaults, damping 0.5 / 200 iterations, do not converge on these cases.)"""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(6, 16)) * 10
+    planted = rng.integers(0, 6, num_classes)
+    means = torch.tensor(centers[planted] + rng.normal(size=(num_classes, 16)) * 0.5)
+    with caplog.at_level(logging.WARNING, logger="longtail_d2.modeling.fasa"):
+        groups = class_groups(means)
+    assert "did not converge" not in caplog.text
+    same_group = groups[:, None] == groups[None, :]
+    same_planted = planted[:, None] == planted[None, :]
+    assert (same_group == same_planted).all()
+    assert len(set(groups.tolist())) == len(set(planted.tolist()))
 
 
 def test_held_out_split_is_deterministic_and_disjoint():
