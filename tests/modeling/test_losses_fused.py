@@ -1,0 +1,90 @@
+"""The fused sigmoid BCE (``sigmoid_bce``): value and gradient against torch's dense
+binary_cross_entropy_with_logits for every weight layout, gradcheck in float64, and the EQL v2
+statistics it returns against their dense definition."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from longtail_d2.modeling.losses.sigmoid_ce import _SigmoidBCE, positive_positions, sigmoid_bce
+
+R, K = 7, 5
+# Rows 2 and 5 are background (label K): no positive term.
+GT = torch.tensor([0, 3, K, 4, 3, K, 1])
+
+
+def _dense(logits, weights, pos_weights):
+    """The definition: one-hot Y, W broadcast to (R, K) with pos_weights at (r, y_r)."""
+    rows, cols = positive_positions(GT, K)
+    targets = torch.zeros(R, K, dtype=logits.dtype)
+    targets[rows, cols] = 1
+    w = torch.ones(R, K, dtype=logits.dtype) if weights is None else weights.expand(R, K).clone()
+    if pos_weights is not None:
+        w[rows, cols] = pos_weights
+    return targets, w
+
+
+def _layouts():
+    g = torch.Generator().manual_seed(0)
+    num_pos = int((GT < K).sum())
+    rand = lambda *s: torch.rand(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    return {
+        "none": (None, None),
+        "per_class": (rand(1, K), None),
+        "per_roi": (rand(R, 1), None),
+        "dense": (rand(R, K), None),
+        "dense_with_positive_override": (rand(R, K), rand(num_pos) + 1),
+        "per_class_with_positive_override": (rand(1, K), rand(num_pos) + 1),
+    }
+
+
+@pytest.mark.parametrize("layout", list(_layouts()))
+def test_sigmoid_bce_equals_dense_torch_bce(layout):
+    weights, pos_weights = _layouts()[layout]
+    torch.manual_seed(1)
+    logits = (torch.randn(R, K, dtype=torch.float64) * 20).requires_grad_(True)  # up to +-80
+    ours = sigmoid_bce(logits, positive_positions(GT, K), weights, pos_weights)
+    targets, w = _dense(logits, weights, pos_weights)
+    ref = F.binary_cross_entropy_with_logits(logits, targets, weight=w, reduction="sum") / R
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-9)
+    (g_ours,) = torch.autograd.grad(ours * 3, logits)  # a non-unit upstream gradient too
+    (g_ref,) = torch.autograd.grad(ref * 3, logits)
+    torch.testing.assert_close(g_ours, g_ref)
+
+
+@pytest.mark.parametrize("layout", list(_layouts()))
+def test_sigmoid_bce_gradcheck(layout):
+    weights, pos_weights = _layouts()[layout]
+    torch.manual_seed(2)
+    logits = torch.randn(R, K, dtype=torch.float64, requires_grad=True)
+    positions = positive_positions(GT, K)
+    assert torch.autograd.gradcheck(
+        lambda z: sigmoid_bce(z, positions, weights, pos_weights), (logits,)
+    )
+
+
+def test_sigmoid_bce_with_statistics_gradcheck_and_dense_statistics():
+    torch.manual_seed(3)
+    logits = torch.randn(R, K, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(1, K, dtype=torch.float64)
+    rows, cols = positive_positions(GT, K)
+    pos_weights = torch.rand(len(rows), dtype=torch.float64) + 1
+
+    def loss(z):
+        return _SigmoidBCE.apply(z, rows, cols, weights, pos_weights, True)[0]
+
+    assert torch.autograd.gradcheck(loss, (logits,))
+    value, pos_inc, neg_inc = _SigmoidBCE.apply(logits, rows, cols, weights, pos_weights, True)
+    assert value.item() == pytest.approx(sigmoid_bce(logits, (rows, cols), weights, pos_weights).item())
+    targets, w = _dense(logits, weights, pos_weights)
+    terms = (torch.sigmoid(logits.detach()) - targets).abs() * w
+    torch.testing.assert_close(pos_inc, (terms * targets).sum(0))
+    torch.testing.assert_close(neg_inc, (terms * (1 - targets)).sum(0))
+    assert not pos_inc.requires_grad and not neg_inc.requires_grad
+
+
+def test_sigmoid_bce_empty_batch():
+    logits = torch.zeros(0, K, requires_grad=True)
+    loss = sigmoid_bce(logits, positive_positions(torch.zeros(0, dtype=torch.long), K))
+    loss.backward()
+    assert loss.item() == 0 and logits.grad.shape == (0, K)
