@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from longtail_d2.engine.fasa_adaptation import split_held_out
+import zlib
+
+from longtail_d2.engine.fasa_adaptation import held_out_by_group, split_held_out
 from longtail_d2.modeling.fasa import (
     FeatureStatistics,
     adapt_probabilities,
@@ -102,6 +104,51 @@ def test_grouping_converges_and_recovers_planted_clusters(caplog, seed, num_clas
     same_planted = planted[:, None] == planted[None, :]
     assert (same_group == same_planted).all()
     assert len(set(groups.tolist())) == len(set(planted.tolist()))
+
+
+def _record(image_id, *classes):
+    return {"image_id": image_id, "annotations": [{"category_id": c} for c in classes]}
+
+
+def test_held_out_split_keeps_every_class_in_training():
+    """Long tail: class 0 in every image, classes 1..60 in 1 or 2 images each. A plain hash
+    hold-out of half the images would remove every training image of some rare classes; the
+    stratified one removes none, and is deterministic and independent of order."""
+    dicts = [_record(i, 0) for i in range(400)]
+    for c in range(1, 61):
+        for j in range(1 + c % 2):
+            dicts[(7 * c + 101 * j) % 400]["annotations"].append({"category_id": c})
+    fraction = 0.5
+    plain_held = {
+        d["image_id"] for d in dicts if zlib.crc32(str(d["image_id"]).encode()) % 10000 < 5000
+    }
+    lost = [
+        c
+        for c in range(61)
+        if all(d["image_id"] in plain_held for d in dicts if c in _classes(d))
+    ]
+    assert lost  # the case is one where the guard matters
+    train, held = split_held_out(dicts, fraction)
+    assert {c for d in train for c in _classes(d)} == set(range(61))
+    assert len(train) + len(held) == 400 and 100 < len(held) <= len(plain_held)
+    assert {d["image_id"] for d in held} <= plain_held
+    assert {d["image_id"] for d in train}.isdisjoint(d["image_id"] for d in held)
+    again = split_held_out(list(reversed(dicts)), fraction)
+    assert [d["image_id"] for d in again[1]] == [d["image_id"] for d in reversed(held)]
+
+
+def _classes(record):
+    return {a["category_id"] for a in record["annotations"]}
+
+
+def test_held_out_counts_per_group():
+    # Class 0 in 120 images (f), class 1 in 20 (c), class 2 in 2 (r).
+    dicts = [_record(i, 0) for i in range(120)] + [_record(120 + i, 1) for i in range(20)]
+    dicts[0]["annotations"].append({"category_id": 2})
+    dicts[130]["annotations"].append({"category_id": 2})
+    held = [dicts[0], dicts[1], dicts[125]]
+    # Image 0 holds f and r classes; image 1 f; image 125 c.
+    assert held_out_by_group(dicts, held) == {"r": (1, 2), "c": (1, 20), "f": (2, 120)}
 
 
 def test_held_out_split_is_deterministic_and_disjoint():
