@@ -72,7 +72,9 @@ def eqlv2_loss(
     # W = r on every term (one (1, C + 1) row), q at (r, y_r): no (R, C + 1) weights or
     # targets. The statistics come from the sigma(z) that the backward reuses.
     rows, cols = positive_positions(gt_classes, num_classes + 1)
-    loss, pos_inc, neg_inc = _SigmoidBCE.apply(logits, rows, cols, neg_w[None, :], pos_w[cols], True)
+    loss, pos_inc, neg_inc = _SigmoidBCE.apply(
+        logits, rows, cols, neg_w[None, :], pos_w[cols], True
+    )
     return loss, pos_inc[:num_classes], neg_inc[:num_classes]
 
 
