@@ -125,7 +125,8 @@ class _WeightedBCESum(torch.autograd.Function):
     """sum_rj w_rj BCE(z_rj, t_rj) with dense targets (PCB's soft targets). Same value as
     F.binary_cross_entropy_with_logits(..., weight=w, reduction="sum"), about 3x faster on CPU:
     that kernel's log1p is not vectorised there, and its backward recomputes what sigma(z) gives
-    directly: d/dz = w (sigma(z) - t). Targets and weights are constants (see ``weighted_bce`` for weights that need a gradient)."""
+    directly: d/dz = w (sigma(z) - t). Targets and weights are constants (see ``weighted_bce``
+    for weights that need a gradient)."""
 
     @staticmethod
     def forward(ctx, logits, targets, weights):
