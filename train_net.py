@@ -15,13 +15,15 @@ import sys
 
 import yaml
 
-import longtail_d2  # noqa: F401  # isort: skip  (first: its filters quiet detectron2 start-up warnings)
+# First: longtail_d2's warning filters quiet detectron2's start-up FutureWarnings.
+import longtail_d2  # noqa: F401  # isort: skip
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from longtail_d2.data import DatasetError
+from longtail_d2.data.register import release_loaded_datasets
 from longtail_d2.engine import ConfigError, prepare_run, trainer_class
 from longtail_d2.engine.launch import LaunchError, find_dist_env, launch
 from longtail_d2.engine.validation import check_run
@@ -46,6 +48,7 @@ def run(args):
         )
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
+    release_loaded_datasets()  # the train loader has its records; test sets are re-read
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
@@ -82,6 +85,8 @@ if __name__ == "__main__":
         check_run(cfg, num_workers(args), eval_only=args.eval_only, resume=args.resume)
     except USER_ERRORS as e:
         sys.exit(one_line(e))
+    # The check's copies of the datasets: each worker (or main below) registers its own.
+    release_loaded_datasets()
     try:
         # A worker of a world torchrun or srun started (rank from the environment), or None:
         # detectron2 spawns --num-gpus workers (--num-machines, --machine-rank, --dist-url).

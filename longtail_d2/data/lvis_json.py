@@ -21,8 +21,10 @@ import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List
+from itertools import chain
+from typing import Dict, List, Optional
 
+import numpy as np
 from detectron2.structures import BoxMode
 
 from .class_statistics import frequency_groups
@@ -65,7 +67,8 @@ class LongTailJson:
     """
     Attributes:
         dataset_dicts: detectron2 records; ``category_id`` contiguous in [0, C).
-        lvis_gt: the file as an LVIS-format dict (what the LVIS evaluator consumes).
+        lvis_gt: the file as an LVIS-format dict (what the LVIS evaluator consumes); None when
+            loaded with ``ground_truth=False``.
         categories: the category dicts sorted by id (with ``frequency``).
         id_map: dataset category id -> contiguous id.
         is_lvis_format: whether the file carried the LVIS fields itself.
@@ -73,7 +76,7 @@ class LongTailJson:
     """
 
     dataset_dicts: List[dict]
-    lvis_gt: dict
+    lvis_gt: Optional[dict]
     categories: List[dict]
     id_map: Dict[int, int]
     is_lvis_format: bool
@@ -115,19 +118,29 @@ def _short(value, n=60):
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
-def _check_segmentation(json_file, ann, height, width):
+def _segmentation_where(json_file, ann):
+    return f"{json_file}: annotation id {ann.get('id')}: 'segmentation'"
+
+
+def _check_polygons(json_file, ann):
+    """The per-annotation (slow) check of a polygon list; raises for the first fault."""
+    segm, where = ann["segmentation"], _segmentation_where(json_file, ann)
+    if len(segm) == 0 or any(not isinstance(p, list) or len(p) < 6 or len(p) % 2 for p in segm):
+        raise DatasetError(f"{where} is empty or has a polygon with fewer than 3 points")
+    if not all(_is_number(v) and _is_finite(v) for p in segm for v in p):
+        raise DatasetError(f"{where} has a polygon coordinate that is not a finite number")
+
+
+def _check_rle_or_type(json_file, ann, height, width):
+    """Checks a segmentation that is not a polygon list (RLE or malformed); returns whether it
+    is a polygon list, whose coordinates :func:`_check_all_polygons` checks."""
     segm = ann.get("segmentation")
     if segm is None:
-        return
-    where = f"{json_file}: annotation id {ann.get('id')}: 'segmentation'"
+        return False
     if isinstance(segm, list):
-        if len(segm) == 0 or any(
-            not isinstance(p, list) or len(p) < 6 or len(p) % 2 for p in segm
-        ):
-            raise DatasetError(f"{where} is empty or has a polygon with fewer than 3 points")
-        if not all(_is_number(v) and math.isfinite(v) for p in segm for v in p):
-            raise DatasetError(f"{where} has a polygon coordinate that is not a finite number")
-    elif isinstance(segm, dict) and "counts" in segm and "size" in segm:
+        return True
+    where = _segmentation_where(json_file, ann)
+    if isinstance(segm, dict) and "counts" in segm and "size" in segm:
         # pycocotools decodes an RLE at its own size: another size than the image's breaks
         # mask IoU and training targets.
         if list(segm["size"]) != [height, width]:
@@ -135,8 +148,44 @@ def _check_segmentation(json_file, ann, height, width):
                 f"{where} has RLE size {_short(segm['size'])}, but the image is "
                 f"[height, width] = [{height}, {width}]"
             )
-    else:
-        raise DatasetError(f"{where} is malformed: neither polygons nor an RLE {{counts, size}}")
+        return False
+    raise DatasetError(f"{where} is malformed: neither polygons nor an RLE {{counts, size}}")
+
+
+def _numbers_as_array(values):
+    """float64 array of ``values`` if every one is an int or float (bool is not a number here)
+    and fits a float; else None."""
+    if not set(map(type, values)) <= {int, float}:
+        return None
+    try:
+        return np.array(values, dtype=np.float64)
+    except OverflowError:  # an int beyond float range
+        return None
+
+
+def _check_all_polygons(json_file, anns):
+    """Every polygon of ``anns`` (annotations whose segmentation is a list): at least 3 points,
+    finite numbers. One numpy pass over all coordinates (an LVIS train file has ~20 M); only when
+    it fails are the annotations checked one by one, to name the first faulty one."""
+    segms = [a["segmentation"] for a in anns]
+    polygons = list(chain.from_iterable(segms))
+    ok = set(map(type, polygons)) <= {list} and min(map(len, segms), default=1) > 0
+    if ok:
+        sizes = np.fromiter(map(len, polygons), dtype=np.int64, count=len(polygons))
+        ok = bool(np.all((sizes >= 6) & (sizes % 2 == 0)))
+    if ok:
+        coords = _numbers_as_array(list(chain.from_iterable(polygons)))
+        ok = coords is not None and bool(np.isfinite(coords).all())
+    if not ok:
+        for ann in anns:
+            _check_polygons(json_file, ann)
+
+
+def _is_finite(v):
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int beyond float range
+        return False
 
 
 def _box_is_valid(json_file, ann):
@@ -147,7 +196,21 @@ def _box_is_valid(json_file, ann):
             f"{json_file}: annotation id {ann.get('id')}: 'bbox' must be 4 numbers "
             f"[x, y, width, height], got {_short(box)}"
         )
-    return all(math.isfinite(v) for v in box) and box[2] > 0 and box[3] > 0
+    return all(_is_finite(v) for v in box) and box[2] > 0 and box[3] > 0
+
+
+def _valid_boxes(json_file, anns):
+    """(N,) bool: which ``anns`` have a finite, positive-size bbox; raises for a malformed one.
+    The boxes are checked as one (N, 4) array; one by one only if that fails (to name it)."""
+    boxes = [a["bbox"] for a in anns]
+    array = None
+    if set(map(type, boxes)) <= {list} and set(map(len, boxes)) <= {4}:
+        array = _numbers_as_array(list(chain.from_iterable(boxes)))
+    if array is None:
+        return np.array([_box_is_valid(json_file, a) for a in anns], dtype=bool)
+    array = array.reshape(-1, 4)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(array).all(axis=1) & (array[:, 2] > 0) & (array[:, 3] > 0)
 
 
 def _check_category_lists(json_file, img, id_map):
@@ -186,12 +249,16 @@ def _renumber_if_needed(json_file, gt_anns):
     return True
 
 
-def load_longtail_json(json_file: str, image_root: str, check_images: bool = True) -> LongTailJson:
+def load_longtail_json(
+    json_file: str, image_root: str, check_images: bool = True, ground_truth: bool = True
+) -> LongTailJson:
     """
     Args:
         json_file: LVIS- or COCO-format annotation file.
         image_root: folder that ``file_name`` of each image is relative to.
         check_images: raise :class:`DatasetError` if an image file is missing.
+        ground_truth: also build ``lvis_gt`` (else None: training needs only the records, and
+            the file's annotation dicts can then be freed).
     """
     data = _read_json(json_file)
     if not data["images"]:
@@ -228,7 +295,8 @@ def load_longtail_json(json_file: str, image_root: str, check_images: bool = Tru
     anns_per_image = {i: [] for i in images}
     crowd_cats = {i: set() for i in images}
     report = LoadReport()
-    for ann in data["annotations"]:
+    anns, polygon_anns = data["annotations"], []
+    for ann in anns:
         if not isinstance(ann, dict):
             raise DatasetError(f"{json_file}: annotation {_short(ann)} is not an object")
         for key in ("id", "image_id", "category_id", "bbox"):
@@ -245,8 +313,12 @@ def load_longtail_json(json_file: str, image_root: str, check_images: bool = Tru
                 f"{ann['image_id']}"
             )
         img = images[ann["image_id"]][0]
-        _check_segmentation(json_file, ann, img["height"], img["width"])
-        if not _box_is_valid(json_file, ann):
+        if _check_rle_or_type(json_file, ann, img["height"], img["width"]):
+            polygon_anns.append(ann)
+    # Coordinates and boxes in one numpy pass each (per value in Python it was most of the time).
+    _check_all_polygons(json_file, polygon_anns)
+    for ann, valid in zip(anns, _valid_boxes(json_file, anns).tolist()):
+        if not valid:
             report.invalid_box_ids.append(ann["id"])
         elif ann.get("iscrowd", 0):
             report.num_crowd += 1
@@ -275,8 +347,10 @@ def load_longtail_json(json_file: str, image_root: str, check_images: bool = Tru
         else:
             not_exhaustive = sorted(crowd_cats[image_id])
             neg = sorted(all_cat_ids - present - crowd_cats[image_id])
-        gt_img = dict(img, neg_category_ids=neg, not_exhaustive_category_ids=not_exhaustive)
-        gt_images.append(gt_img)
+        if ground_truth:
+            gt_images.append(
+                dict(img, neg_category_ids=neg, not_exhaustive_category_ids=not_exhaustive)
+            )
         objs = []
         for ann in anns:
             obj = {
@@ -287,9 +361,11 @@ def load_longtail_json(json_file: str, image_root: str, check_images: bool = Tru
             if "segmentation" in ann:
                 obj["segmentation"] = ann["segmentation"]
             objs.append(obj)
-            gt_ann = dict(ann)
-            gt_ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
-            gt_anns.append(gt_ann)
+            # The GT annotation is the file's own dict (read here, referenced by no record:
+            # records get new dicts, so renumbering GT ids below changes no record).
+            if ground_truth and "area" not in ann:
+                ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
+            gt_anns.append(ann)
         dataset_dicts.append(
             {
                 "file_name": path,
@@ -309,5 +385,7 @@ def load_longtail_json(json_file: str, image_root: str, check_images: bool = Tru
     for c, freq, n in zip(categories, derived, image_count):
         c.setdefault("frequency", freq)
         c.setdefault("image_count", n)
-    lvis_gt = {"images": gt_images, "annotations": gt_anns, "categories": categories}
+    lvis_gt = None
+    if ground_truth:
+        lvis_gt = {"images": gt_images, "annotations": gt_anns, "categories": categories}
     return LongTailJson(dataset_dicts, lvis_gt, categories, id_map, is_lvis, report)

@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import os
+from typing import Dict, List
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -17,13 +18,14 @@ from .class_statistics import (
     get_class_statistics,
     set_class_statistics,
 )
-from .lvis_json import DatasetError, load_longtail_json
+from .lvis_json import DatasetError, LongTailJson, load_longtail_json
 from .synthetic import SyntheticConfig, ensure_synthetic_dataset
 
 __all__ = [
     "register_longtail_dataset",
     "register_datasets_from_config",
     "lvis_ground_truth",
+    "release_loaded_datasets",
     "SYNTHETIC_TRAIN",
     "SYNTHETIC_VAL",
 ]
@@ -47,17 +49,41 @@ def _resolve(path):
     return os.path.join(datasets_root(), path)
 
 
-@functools.lru_cache(maxsize=8)
-def _load(json_file: str, image_root: str, mtime_ns: int):
-    """One parse per file version (registration and evaluation share it); callers must not
-    modify the result."""
-    return load_longtail_json(json_file, image_root)
+# What registration loaded, kept for the first reader only (the start-up check, the train
+# loader), so that a file is read once per process start instead of twice; handed over and
+# forgotten, or dropped by release_loaded_datasets(). Nothing here lives for the whole run: a
+# rank keeps only its serialised train set (README "Data at LVIS scale").
+_HELD: Dict[tuple, LongTailJson] = {}
 
 
-def _load_file(json_file: str, image_root: str):
+def _key(json_file, image_root):
+    return (json_file, image_root, os.stat(json_file).st_mtime_ns)
+
+
+def _load_file(json_file: str, image_root: str, hold: bool = False) -> LongTailJson:
+    """The loaded file: the copy registration held if there is one, else read now. ``hold``
+    keeps it for the next reader (callers must not modify the result)."""
     if not os.path.isfile(json_file):
         raise DatasetError(f"{json_file}: annotation file not found")
-    return _load(json_file, image_root, os.stat(json_file).st_mtime_ns)
+    key = _key(json_file, image_root)
+    loaded = _HELD.get(key) or load_longtail_json(json_file, image_root, ground_truth=False)
+    if hold:
+        _HELD[key] = loaded
+    return loaded
+
+
+def _read_dataset_dicts(json_file: str, image_root: str) -> List[dict]:
+    """The registered loader: the held copy handed over (and forgotten), else the file re-read,
+    as detectron2's builtin LVIS registration does. The caller owns the result."""
+    if not os.path.isfile(json_file):
+        raise DatasetError(f"{json_file}: annotation file not found")
+    loaded = _HELD.pop(_key(json_file, image_root), None)
+    return (loaded or load_longtail_json(json_file, image_root, ground_truth=False)).dataset_dicts
+
+
+def release_loaded_datasets():
+    """Drops what registration held (after the start-up check, once the train loader is built)."""
+    _HELD.clear()
 
 
 def register_longtail_dataset(name: str, json_file: str, image_root: str, frequency_from=()):
@@ -76,7 +102,7 @@ def register_longtail_dataset(name: str, json_file: str, image_root: str, freque
             return
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
-    loaded = _load_file(json_file, image_root)
+    loaded = _load_file(json_file, image_root, hold=True)
     dicts = loaded.dataset_dicts
     classes = [c.get("synonyms", [c["name"]])[0] for c in loaded.categories]
     frequency = [c["frequency"] for c in loaded.categories]
@@ -88,7 +114,8 @@ def register_longtail_dataset(name: str, json_file: str, image_root: str, freque
                 f"{name}: classes differ from {frequency_from[0]}'s; its frequency groups come "
                 "from its own image counts"
             )
-    DatasetCatalog.register(name, lambda: dicts)
+    # Re-read on request, as detectron2's builtin LVIS sets: the closure holds no records.
+    DatasetCatalog.register(name, functools.partial(_read_dataset_dicts, json_file, image_root))
     MetadataCatalog.get(name).set(
         thing_classes=classes,
         thing_dataset_id_to_contiguous_id=loaded.id_map,
@@ -105,12 +132,16 @@ def lvis_ground_truth(dataset_name: str) -> dict:
     """The LVIS-format ground truth dict of a registered dataset (custom or builtin LVIS), found
     through its metadata (``json_file``, ``image_root``). A dataset registered here gets its
     categories' ``frequency`` from its metadata (a COCO test set: the training set's groups);
-    the returned ``categories`` are new dicts, shared with nothing else."""
+    the returned ``categories`` are new dicts, shared with nothing else. Read from the file on
+    each call."""
     meta = MetadataCatalog.get(dataset_name)
     if "is_lvis_format" not in meta.as_dict():  # detectron2's builtin LVIS registration
         with open(meta.json_file) as f:
             return json.load(f)
-    gt = _load_file(meta.json_file, meta.image_root).lvis_gt
+    # Built now, for this evaluation only (not kept: a training run holds no ground truth).
+    if not os.path.isfile(meta.json_file):
+        raise DatasetError(f"{meta.json_file}: annotation file not found")
+    gt = load_longtail_json(meta.json_file, meta.image_root, check_images=False).lvis_gt
     frequency = category_frequency(dataset_name)
     categories = [dict(c, frequency=f) for c, f in zip(gt["categories"], frequency)]
     return {**gt, "categories": categories}

@@ -19,6 +19,7 @@ from detectron2.modeling.roi_heads import (
     ROI_BOX_HEAD_REGISTRY,
     ROI_HEADS_REGISTRY,
     ROI_MASK_HEAD_REGISTRY,
+    Res5ROIHeads,
 )
 
 from ..data.lvis_json import DatasetError, load_report
@@ -124,7 +125,9 @@ def check_config_values(cfg):
         cfg, "MODEL.PROPOSAL_GENERATOR.NAME", PROPOSAL_GENERATOR_REGISTRY, "proposal generator"
     )
     _check_registry(cfg, "MODEL.ROI_HEADS.NAME", ROI_HEADS_REGISTRY, "ROI heads")
-    if cfg.MODEL.ROI_HEADS.NAME != "Res5ROIHeads":  # the C4 heads' box head is res5 itself
+    heads = ROI_HEADS_REGISTRY.get(cfg.MODEL.ROI_HEADS.NAME)
+    # The C4 heads (and their subclasses) use res5 as box head: ROI_BOX_HEAD.NAME is unused.
+    if not (isinstance(heads, type) and issubclass(heads, Res5ROIHeads)):
         _check_registry(cfg, "MODEL.ROI_BOX_HEAD.NAME", ROI_BOX_HEAD_REGISTRY, "box head")
     if cfg.MODEL.MASK_ON:
         _check_registry(cfg, "MODEL.ROI_MASK_HEAD.NAME", ROI_MASK_HEAD_REGISTRY, "mask head")

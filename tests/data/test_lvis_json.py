@@ -117,7 +117,13 @@ def test_malformed_bbox_is_an_error_naming_file_id_and_key(coco_file, tmp_path, 
 
 @pytest.mark.parametrize(
     "bbox",
-    [[2, 2, float("nan"), 10], [float("inf"), 2, 10, 10], [2, 2, 0, 10], [2, 2, 10, -3]],
+    [
+        [2, 2, float("nan"), 10],
+        [float("inf"), 2, 10, 10],
+        [2, 2, 0, 10],
+        [2, 2, 10, -3],
+        [2, 2, 10**400, 10],  # an int beyond float range is not finite
+    ],
 )
 def test_invalid_box_is_dropped_and_reported(coco_file, tmp_path, bbox, caplog):
     from longtail_d2.data.lvis_json import load_report
@@ -197,6 +203,10 @@ def test_image_size_must_be_a_positive_integer(coco_file, tmp_path, value):
     [
         ([[1, 2, 3, 4, 5, "x"]], "not a finite number"),
         ([[1, 2, 3, 4, 5, float("nan")]], "not a finite number"),
+        ([[1, 2, 3, 4, 5, True]], "not a finite number"),  # a bool is not a coordinate
+        ([[1, 2, 3, 4, 5, 10**400]], "not a finite number"),  # beyond float range
+        ([[1, 2, 3, 4, 5, 6], [1, 2]], "fewer than 3 points"),
+        ([[1, 2, 3, 4, 5, 6], "xy"], "fewer than 3 points"),
         ([], "fewer than 3 points"),
         ({"counts": "abc", "size": [16, 16]}, "RLE size [16, 16]"),
         ("polygon", "malformed"),

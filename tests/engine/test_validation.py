@@ -32,6 +32,22 @@ def _cfg(*opts):
     return load_config(INSTANT, list(opts))
 
 
+def test_box_head_name_is_checked_unless_the_heads_are_res5_heads():
+    """The C4 heads (detectron2's default Res5ROIHeads, and any subclass registered under
+    another name) have no ROI_BOX_HEAD: its name is not checked; other heads need a known one."""
+    from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
+
+    name = "_TestRes5SubclassHeads"
+    if name not in ROI_HEADS_REGISTRY:
+        ROI_HEADS_REGISTRY.register(type(name, (Res5ROIHeads,), {}))
+    check_config_values(load_config("", []))  # detectron2's defaults: Res5ROIHeads, box head ""
+    check_config_values(_cfg("MODEL.ROI_HEADS.NAME", name, "MODEL.ROI_BOX_HEAD.NAME", ""))
+    with pytest.raises(ConfigError, match="MODEL.ROI_BOX_HEAD.NAME = '' is not a known box head"):
+        check_config_values(
+            _cfg("MODEL.ROI_HEADS.NAME", "StandardROIHeads", "MODEL.ROI_BOX_HEAD.NAME", "")
+        )
+
+
 @pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:0"])
 def test_devices_accepted(device):
     check_device(device)
