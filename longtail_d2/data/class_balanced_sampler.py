@@ -19,18 +19,17 @@ import torch
 from detectron2.utils import comm
 from torch.utils.data import Sampler
 
+from .class_statistics import image_class_sets
+
 __all__ = ["class_balanced_repeat_factors", "ClassBalancedSampler"]
 
 
 def class_balanced_repeat_factors(dataset_dicts) -> np.ndarray:
-    """(N,) float64 r(I) = max_{c in I} 1 / f(c); 0 for an image without annotations."""
-    cats = [{a["category_id"] for a in d["annotations"]} for d in dataset_dicts]
-    counts = {}
-    for cs in cats:
-        for c in cs:
-            counts[c] = counts.get(c, 0) + 1
+    """(N,) float64 r(I) = max_{c in I} 1 / f(c); 0 for an image without annotations. Counts
+    come from the class statistics' counter (:func:`image_class_sets`)."""
+    cats, counts = image_class_sets(dataset_dicts)
     n = len(dataset_dicts)
-    return np.array([max((n / counts[c] for c in cs), default=0.0) for cs in cats])
+    return np.array([max((n / counts[k] for k in c), default=0.0) for c in cats])
 
 
 class _Fenwick:

@@ -108,6 +108,17 @@ def compute_class_statistics(dataset_dicts, num_classes: int) -> ClassStatistics
     return ClassStatistics(image_count, instance_count, num_images, frequency_groups(image_count))
 
 
+def image_class_sets(dataset_dicts):
+    """([(k_i,) int64 distinct classes of each record], (C,) int64 images per class) with
+    C = 1 + the largest class id seen: the counts behind the samplers' repeat factors."""
+    cats = [np.unique(image_categories(r)) for r in dataset_dicts]
+    num_classes = max((int(c.max()) + 1 for c in cats if len(c)), default=0)
+    image_count = np.zeros(num_classes, dtype=np.int64)
+    for c in cats:
+        image_count[c] += 1
+    return cats, image_count
+
+
 def rfs_repeat_factors(dataset_dicts, repeat_thresh: float, sqrt: bool = True) -> torch.Tensor:
     """
     (N,) float32 repeat factors of RFS (LVIS paper, App. B.2) from :func:`image_categories`:
@@ -115,12 +126,8 @@ def rfs_repeat_factors(dataset_dicts, repeat_thresh: float, sqrt: bool = True) -
     without ``sqrt``), r(I) = max over the classes of I (1 for an image without any). The same
     values as detectron2's ``RepeatFactorTrainingSampler.repeat_factors_from_category_frequency``.
     """
-    cats = [np.unique(image_categories(r)) for r in dataset_dicts]
-    num_classes = max((int(c.max()) + 1 for c in cats if len(c)), default=0)
-    image_count = np.zeros(num_classes, dtype=np.int64)
-    for c in cats:
-        image_count[c] += 1
-    class_factor = np.ones(num_classes)
+    cats, image_count = image_class_sets(dataset_dicts)
+    class_factor = np.ones(len(image_count))
     seen = image_count > 0
     ratio = repeat_thresh / (image_count[seen] / len(dataset_dicts))
     class_factor[seen] = np.maximum(1.0, np.sqrt(ratio) if sqrt else ratio)

@@ -34,6 +34,7 @@ from detectron2.data.samplers import (
 from detectron2.utils import comm
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .class_statistics import rfs_repeat_factors
 from .named_errors import NamedErrorMapper
 
 __all__ = [
@@ -227,7 +228,8 @@ def train_sampler_factory(cfg, dataset_dicts) -> Callable[[int], Sampler]:
     if name == "TrainingSampler":
         return lambda seed: TrainingSampler(n, seed=seed)
     if name == "RepeatFactorTrainingSampler":
-        factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+        # The class statistics' counter (equal to detectron2's repeat_factors_from_...).
+        factors = rfs_repeat_factors(
             dataset_dicts, cfg.DATALOADER.REPEAT_THRESHOLD, sqrt=cfg.DATALOADER.REPEAT_SQRT
         )
         return lambda seed: RepeatFactorTrainingSampler(factors, seed=seed)
