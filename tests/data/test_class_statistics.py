@@ -172,3 +172,29 @@ def test_ground_truth_is_rebuilt_not_shared(tmp_path, datasets_root):
     loaded = _load_file(train, images)
     assert all(c["frequency"] == "r" for c in loaded.categories)
     assert MetadataCatalog.get("gt_train").category_frequency == ["r", "r", "r"]
+
+
+def test_registered_dataset_keeps_no_records(tmp_path, datasets_root):
+    """Registration reads the file once and hands that copy to its first reader only; every
+    later DatasetCatalog.get re-reads the file (as detectron2's builtin LVIS sets do), so a
+    process keeps no copy of the records it did not ask to keep. (With the records kept in the
+    registered closure, the edit below shows up in the second read.)"""
+    from detectron2.data import DatasetCatalog
+
+    from longtail_d2.data import register
+    from longtail_d2.data.register import release_loaded_datasets
+
+    images = write_images(tmp_path / "images")
+    train = write_json(tmp_path / "keep.json", coco_dict())
+    register_datasets_from_config(_cfg([["keep_train", train, images]], ("keep_train",)))
+    first = DatasetCatalog.get("keep_train")
+    assert not register._HELD  # handed over, not kept
+    first[0]["annotations"].clear()
+    second = DatasetCatalog.get("keep_train")
+    assert [len(r["annotations"]) for r in second] == [3, 1, 1, 2, 0]  # small_dataset.py
+    # A dataset nobody read yet is dropped on release and re-read on request.
+    register_datasets_from_config(_cfg([["keep_val", train, images]], (), ("keep_val",)))
+    assert register._HELD
+    release_loaded_datasets()
+    assert not register._HELD
+    assert len(DatasetCatalog.get("keep_val")) == 5
