@@ -89,3 +89,29 @@ def test_sigmoid_bce_empty_batch():
     loss = sigmoid_bce(logits, positive_positions(torch.zeros(0, dtype=torch.long), K))
     loss.backward()
     assert loss.item() == 0 and logits.grad.shape == (0, K)
+
+
+def test_balanced_sigmoid_with_learnt_roi_weights_second_order():
+    """BALMS's virtual step differentiates the gradient: value, gradient and second-order
+    gradient of the per-RoI form against torch's dense BCE."""
+    from longtail_d2.modeling.losses import balanced_sigmoid_loss
+    from longtail_d2.modeling.losses.balanced_softmax import balanced_logits
+
+    torch.manual_seed(4)
+    logits = torch.randn(R, K, dtype=torch.float64, requires_grad=True)
+    roi_weights = torch.rand(R, dtype=torch.float64, requires_grad=True)
+    freq = torch.rand(K, dtype=torch.float64)
+    ours = balanced_sigmoid_loss(logits, GT, freq, roi_weights)
+    targets, _ = _dense(logits, None, None)
+    terms = F.binary_cross_entropy_with_logits(
+        balanced_logits(logits, GT, freq), targets, reduction="none"
+    )
+    ref = (terms * roi_weights[:, None]).sum() / R
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-12)
+    for a, b in zip(
+        torch.autograd.grad(ours, [logits, roi_weights]),
+        torch.autograd.grad(ref, [logits, roi_weights]),
+    ):
+        torch.testing.assert_close(a, b)
+    fn = lambda z, v: balanced_sigmoid_loss(z, GT, freq, v)  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, (logits, roi_weights))

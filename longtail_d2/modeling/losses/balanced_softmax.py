@@ -10,11 +10,12 @@ inference uses the unshifted logits (the shift models the training label prior o
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
 
-from .base import ClassificationLoss, check_logits, one_hot_targets
+from .base import ClassificationLoss, check_logits
 from .registry import LONGTAIL_LOSS_REGISTRY
-from .sigmoid_ce import positive_positions, sigmoid_bce, sigmoid_scores, weighted_bce
+from .sigmoid_ce import positive_positions, sigmoid_bce, sigmoid_scores
 
 __all__ = [
     "balanced_sigmoid_loss",
@@ -54,12 +55,15 @@ def balanced_sigmoid_loss(
     num_classes = class_freq.numel()
     check_logits(logits, gt_classes, num_classes, "balanced_sigmoid_loss")
     shifted = balanced_logits(logits, gt_classes, class_freq)
+    positions = positive_positions(gt_classes, num_classes)
+    if roi_weights is not None and roi_weights.requires_grad:
+        # BALMS's meta step differentiates through the weights and the gradient (higher's
+        # virtual step): torch's ops, which support every order of gradient, per RoI.
+        rows, cols = positions
+        per_roi = F.softplus(shifted).sum(1).index_add(0, rows, -shifted[rows, cols])
+        return (per_roi * roi_weights.to(logits.dtype)).sum() / max(logits.shape[0], 1)
     weights = None if roi_weights is None else roi_weights.to(logits.dtype)[:, None]
-    if weights is not None and weights.requires_grad:
-        # BALMS's meta step differentiates through the weights: torch's ops (every order).
-        targets = one_hot_targets(gt_classes, num_classes, logits.dtype)
-        return weighted_bce(shifted, targets, weights)
-    return sigmoid_bce(shifted, positive_positions(gt_classes, num_classes), weights)
+    return sigmoid_bce(shifted, positions, weights)
 
 
 @LONGTAIL_LOSS_REGISTRY.register()
