@@ -112,9 +112,8 @@ PCB_CONFIGS = os.path.join(REPO, "projects", "PCB", "configs")
 
 
 def _pcb_roi_heads(config, *opts):
-    cfg = prepare_run(
-        os.path.join(PCB_CONFIGS, config), ["MODEL.DEVICE", "cpu", "MODEL.ROI_BOX_HEAD.PCB.MLP_HIDDEN", "16", *opts]
-    )
+    opts = ["MODEL.DEVICE", "cpu", "MODEL.ROI_BOX_HEAD.PCB.MLP_HIDDEN", "16", *opts]
+    cfg = prepare_run(os.path.join(PCB_CONFIGS, config), opts)
     torch.manual_seed(0)
     return cfg, build_model(cfg).roi_heads
 
@@ -162,18 +161,19 @@ def test_layer_norm_normalises_the_logits_entering_the_channel_mlp(datasets_root
     assert len(logits) == T and len(ln_inputs) == T - 1
     for t, (x, y) in enumerate(ln_inputs):
         torch.testing.assert_close(x, logits[t])
-        torch.testing.assert_close(y, F.layer_norm(x, (num_logits,), norms[0].weight, norms[0].bias))
+        normed = F.layer_norm(x, (num_logits,), norms[0].weight, norms[0].bias)
+        torch.testing.assert_close(y, normed)
 
 
 def _pcb_predictor(update_per_pass):
     cfg = add_longtail_config(get_cfg())
     cfg.merge_from_list(
         [
-            "MODEL.ROI_HEADS.NUM_CLASSES", "3",
-            "MODEL.ROI_BOX_HEAD.CLS_LOSS", "SoftmaxCELoss",
-            "MODEL.ROI_BOX_HEAD.PCB.START_ITER", "0",
-            "MODEL.ROI_BOX_HEAD.PCB.MOMENTUM", "0.5",
-            "MODEL.ROI_BOX_HEAD.PCB.UPDATE_PER_PASS", str(update_per_pass),
+            *("MODEL.ROI_HEADS.NUM_CLASSES", "3"),
+            *("MODEL.ROI_BOX_HEAD.CLS_LOSS", "SoftmaxCELoss"),
+            *("MODEL.ROI_BOX_HEAD.PCB.START_ITER", "0"),
+            *("MODEL.ROI_BOX_HEAD.PCB.MOMENTUM", "0.5"),
+            *("MODEL.ROI_BOX_HEAD.PCB.UPDATE_PER_PASS", str(update_per_pass)),
         ]
     )
     stats = ClassStatistics(np.array([5, 3, 1]), np.array([5, 3, 1]), 9, ["f", "c", "r"])
