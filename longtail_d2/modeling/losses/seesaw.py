@@ -8,6 +8,7 @@ number of sampled RoIs. mmdetection keeps N per GPU; the module here sums its in
 all ranks, so results do not depend on the number of GPUs.
 """
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -49,23 +50,63 @@ def seesaw_loss(
     check_logits(logits, gt_classes, num_classes + 2, "seesaw_loss")
     num_rois = max(logits.shape[0], 1)
     is_fg = gt_classes < num_classes
-    loss_obj = F.cross_entropy(logits[:, num_classes:], (~is_fg).long(), reduction="sum") / num_rois
-
-    z, labels = logits[is_fg, :num_classes], gt_classes[is_fg]
-    counts = cum_samples.to(z.dtype).clamp(min=1)
+    rows = is_fg.nonzero()[:, 0]
+    labels = gt_classes[rows]
+    counts = cum_samples.to(logits.dtype).clamp(min=1)
     with torch.no_grad():
-        # log S_ij = p log min(N_j / N_i, 1) + q log max(s_j / max(s_i, eps), 1). Both factors
-        # are exactly 1 at j = i, so the true class's logit stays as is without a mask.
-        log_s = (counts[None, :] / counts[labels][:, None]).clamp_(max=1).log_().mul_(p)
-        s = torch.softmax(z, dim=1)
-        rel = s.div_(s.gather(1, labels[:, None]).clamp(min=eps))
-        log_s.add_(rel.clamp_(min=1).log_().mul_(q))
-    adjusted = z + log_s
-    loss_classes = F.cross_entropy(adjusted, labels, reduction="sum") / num_rois
+        # log S_ij = p min(log N_j - log N_i, 0) + q max(log s_j - log max(s_i, eps), 0): logs
+        # of (C,) counts and one log_softmax instead of ratios and logs over (P, C). Both terms
+        # are exactly 0 at j = i, so the true class's logit stays as is without a mask.
+        log_n = counts.log()
+        log_s = (log_n[None, :] - log_n[labels][:, None]).clamp_(max=0).mul_(p)
+        log_sm = torch.log_softmax(logits[rows, :num_classes], dim=1)
+        floor = log_sm.gather(1, labels[:, None]).clamp_(min=math.log(eps))
+        log_s.add_(log_sm.sub_(floor).clamp_(min=0).mul_(q))
     if soft_targets is not None and alpha > 0:
+        loss_obj = F.cross_entropy(logits[:, num_classes:], (~is_fg).long(), reduction="sum")
+        adjusted = logits[rows, :num_classes] + log_s
+        loss_classes = F.cross_entropy(adjusted, labels, reduction="sum") / num_rois
         soft = -(soft_targets * torch.log_softmax(adjusted, dim=1)).sum() / num_rois
-        loss_classes = (1 - alpha) * loss_classes + alpha * soft
-    return loss_classes, loss_obj
+        return (1 - alpha) * loss_classes + alpha * soft, loss_obj / num_rois
+    return _SeesawCE.apply(logits, rows, labels, log_s)
+
+
+class _SeesawCE(torch.autograd.Function):
+    """
+    Both Seesaw terms in one function of the (R, C + 2) logits: (1/R) sum over the P positive
+    RoIs of CE(z_r + log S_r, y_r), and (1/R) sum_r of the objectness CE. Autograd would
+    scatter each term's gradient into its own (R, C + 2) zeros and add them; here backward
+    writes one: softmax(z + log S) - Y on the positive rows, softmax(o) - Y on the objectness
+    columns. ``log_s`` (P, C) is a constant (the compensation uses detached scores).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, rows, labels, log_s):
+        num_rois = max(logits.shape[0], 1)
+        num_classes = logits.shape[1] - 2
+        log_probs = torch.log_softmax(log_s.add(logits[rows, :num_classes]), dim=1)
+        obj_targets = torch.ones(logits.shape[0], dtype=torch.long, device=logits.device)
+        obj_targets[rows] = 0
+        obj_log_probs = torch.log_softmax(logits[:, num_classes:], dim=1)
+        loss_cls = -log_probs.gather(1, labels[:, None]).sum() / num_rois
+        loss_obj = -obj_log_probs.gather(1, obj_targets[:, None]).sum() / num_rois
+        ctx.save_for_backward(rows, labels, log_probs, obj_targets, obj_log_probs)
+        ctx.shape = logits.shape
+        return loss_cls, loss_obj
+
+    @staticmethod
+    def backward(ctx, grad_cls, grad_obj):
+        rows, labels, log_probs, obj_targets, obj_log_probs = ctx.saved_tensors
+        num_rois = max(ctx.shape[0], 1)
+        num_classes = ctx.shape[1] - 2
+        grad = log_probs.new_zeros(ctx.shape)
+        probs = log_probs.exp()
+        probs[torch.arange(len(rows), device=probs.device), labels] -= 1
+        grad[:, :num_classes].index_copy_(0, rows, probs.mul_(grad_cls / num_rois))
+        obj = obj_log_probs.exp()
+        obj[torch.arange(ctx.shape[0], device=obj.device), obj_targets] -= 1
+        grad[:, num_classes:] = obj.mul_(grad_obj / num_rois)
+        return grad, None, None, None
 
 
 @LONGTAIL_LOSS_REGISTRY.register()
