@@ -181,6 +181,9 @@ def add_meta_reweight_config(cfg):
     # Images per meta batch over all workers, drawn by the class-balanced sampler
     # (image repeat factor max over its classes of 1 / f(c)).
     cfg.META_REWEIGHT.IMS_PER_BATCH = 16
+    # Loss of the virtually stepped classifier on the meta batch: "balanced" (the reference's
+    # shifted Balanced Sigmoid loss, not re-weighted) or "plain" (sigmoid BCE of raw logits).
+    cfg.META_REWEIGHT.META_OBJECTIVE = "balanced"
 
 
 def add_validation_config(cfg):

@@ -21,7 +21,7 @@ from ..data.class_balanced_sampler import ClassBalancedSampler, class_balanced_r
 from ..data.resumable_loader import build_resumable_train_loader
 from ..modeling.distributed import all_reduce_sum
 from ..modeling.losses import LONGTAIL_LOSS_REGISTRY, BalancedSigmoidLoss
-from ..modeling.meta_reweight import MetaReweighter, balms_loss, meta_step
+from ..modeling.meta_reweight import META_OBJECTIVES, MetaReweighter, balms_loss, meta_step
 from ..modeling.roi_heads import LongTailOutputLayers, LongTailROIHeads
 from .roi_features import check_roi_features_supported, roi_box_features
 from .trainer import LongTailTrainer
@@ -44,11 +44,13 @@ class MetaReweightLoop(SimpleTrainer):
         meta_optimizer,
         classifier,
         class_freq,
+        meta_objective="balanced",
     ):
         """
         Args:
             classifier: the trained layer, (R, D) box-head features -> (R, C) logits.
             class_freq: (C,) training image frequency of the Balanced Sigmoid loss.
+            meta_objective: a key of META_OBJECTIVES.
         """
         super().__init__(model, data_loader, optimizer)
         self.meta_loader = meta_loader
@@ -57,6 +59,7 @@ class MetaReweightLoop(SimpleTrainer):
         self.meta_optimizer = meta_optimizer
         self.classifier = classifier
         self.class_freq = class_freq
+        self.meta_objective = meta_objective
 
     def run_step(self):
         start = time.perf_counter()
@@ -78,6 +81,7 @@ class MetaReweightLoop(SimpleTrainer):
             train_batch,
             meta_batch,
             world,
+            self.meta_objective,
         )
         # The real step, with the class weights just updated (constants here).
         features, gt_classes = train_batch
@@ -119,6 +123,7 @@ class MetaReweightTrainer(LongTailTrainer):
             meta_optimizer,
             classifier=predictor.classifier,
             class_freq=predictor.class_frequency,
+            meta_objective=cfg.META_REWEIGHT.META_OBJECTIVE,
         )
 
     @classmethod
@@ -160,4 +165,9 @@ def meta_reweight_config_problems(cfg):
         problems.append("MODEL.ROI_BOX_HEAD.CLS_LOSS BalancedSigmoidLoss")
     if cfg.SOLVER.AMP.ENABLED:
         problems.append("SOLVER.AMP.ENABLED False")
+    if cfg.META_REWEIGHT.META_OBJECTIVE not in META_OBJECTIVES:
+        problems.append(
+            f"META_REWEIGHT.META_OBJECTIVE one of {sorted(META_OBJECTIVES)}, "
+            f"not {cfg.META_REWEIGHT.META_OBJECTIVE!r}"
+        )
     return problems

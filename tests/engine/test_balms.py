@@ -105,6 +105,7 @@ def test_resume_restores_the_learner(stage1, tmp_path, datasets_root):
         ["MODEL.WEIGHTS", stage1, "OUTPUT_DIR", str(resumed), "MODEL.DEVICE", "cpu"],
     )
     trainer = MetaReweightTrainer(cfg)
+    assert trainer._trainer.meta_objective == "balanced"  # the default, the reference's
     trainer.resume_or_load(resume=True)
     assert trainer.start_iter == 3
     torch.testing.assert_close(
@@ -136,6 +137,11 @@ def test_meta_reweight_needs_decoupled_balanced_softmax(tmp_path, datasets_root)
         (["MODEL.ROI_BOX_HEAD.CLS_LOSS", "SigmoidCELoss"], "CLS_LOSS BalancedSigmoidLoss"),
         (["MODEL.ROI_HEADS.NAME", "PCBROIHeads"], "ROI_HEADS.NAME LongTailROIHeads"),
         (["MODEL.ROI_HEADS.NAME", "LongTailCascadeROIHeads"], "ROI_HEADS.NAME LongTailROIHeads"),
+        (["META_REWEIGHT.META_OBJECTIVE", "plain"], None),
+        (
+            ["META_REWEIGHT.META_OBJECTIVE", "shifted"],
+            "META_REWEIGHT.META_OBJECTIVE one of ['balanced', 'plain'], not 'shifted'",
+        ),
     ],
 )
 def test_meta_reweight_requirements_by_type(opts, problem):

@@ -1,12 +1,16 @@
 """BALMS's meta re-weighting: the meta gradient against finite differences, the direction the
 learner moves, and the re-weighted loss."""
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from longtail_d2.modeling.losses import balanced_sigmoid_loss, sigmoid_ce_loss
 from longtail_d2.modeling.meta_reweight import (
+    META_OBJECTIVES,
     MetaReweighter,
     balms_loss,
     balms_roi_weights,
@@ -35,7 +39,24 @@ def _problem(seed=0):
     return classifier, optimizer, x, y, xm, ym, freq
 
 
-def _meta_loss_by_hand(classifier, optimizer, x, y, xm, ym, freq, theta):
+def _official_meta_loss(logits, gt, freq):
+    """The reference's meta objective: its head shifts the logits of foreground RoIs in place,
+    z += log(pi / (1 - pi)), and then computes its "sigmoid" loss, (1/M) sum BCE, on them."""
+    z = logits.clone()
+    fg = gt < len(freq)
+    z[fg] += torch.log(freq / (1 - freq))  # the in-place edit
+    targets = torch.zeros_like(z)
+    targets[fg.nonzero()[:, 0], gt[fg]] = 1
+    return F.binary_cross_entropy_with_logits(z, targets, reduction="sum") / len(gt)
+
+
+HAND_OBJECTIVES = {
+    "balanced": _official_meta_loss,
+    "plain": lambda logits, gt, freq: sigmoid_ce_loss(logits, gt),
+}
+
+
+def _meta_loss_by_hand(classifier, optimizer, x, y, xm, ym, freq, theta, objective="balanced"):
     """The virtual step written out: d = g + wd * p; buf = momentum * buf + d; p' = p - lr buf."""
     params = [
         classifier.weight.detach().clone().requires_grad_(True),
@@ -47,27 +68,52 @@ def _meta_loss_by_hand(classifier, optimizer, x, y, xm, ym, freq, theta):
     for p, g, real in zip(params, grads, (classifier.weight, classifier.bias)):
         buf = MOMENTUM * optimizer.state[real]["momentum_buffer"] + g + WD * p.detach()
         stepped.append(p.detach() - LR * buf)
-    return sigmoid_ce_loss(xm @ stepped[0].T + stepped[1], ym)
+    return HAND_OBJECTIVES[objective](xm @ stepped[0].T + stepped[1], ym, freq)
 
 
-def test_meta_gradient_equals_finite_differences():
+def test_balanced_meta_objective_by_hand():
+    """The default objective on a hand case: 2 classes, pi = (0.5, 0.2), so the foreground
+    shift is (0, log 0.25); one RoI of each class and one background RoI (unshifted)."""
+    logits = torch.tensor([[1.0, -1.0], [0.0, 2.0], [0.5, -0.5]], dtype=torch.float64)
+    gt = torch.tensor([0, 1, 2])
+    freq = torch.tensor([0.5, 0.2], dtype=torch.float64)
+
+    def bce(z, y):
+        p = 1 / (1 + math.exp(-z))
+        return -math.log(p) if y else -math.log(1 - p)
+
+    shift = math.log(0.25)
+    by_hand = (
+        bce(1.0, 1) + bce(-1.0 + shift, 0)  # class 0 RoI
+        + bce(0.0, 0) + bce(2.0 + shift, 1)  # class 1 RoI
+        + bce(0.5, 0) + bce(-0.5, 0)  # background RoI: no shift, all-zero targets
+    ) / 3
+    got = META_OBJECTIVES["balanced"](logits, gt, freq).item()
+    assert got == pytest.approx(by_hand, rel=1e-12)
+    assert _official_meta_loss(logits, gt, freq).item() == pytest.approx(by_hand, rel=1e-12)
+    plain = bce(1.0, 1) + bce(-1.0, 0) + bce(0.0, 0) + bce(2.0, 1) + bce(0.5, 0) + bce(-0.5, 0)
+    assert META_OBJECTIVES["plain"](logits, gt, freq).item() == pytest.approx(plain / 3, rel=1e-12)
+    assert abs(by_hand - plain / 3) > 0.01  # the two objectives differ on this case
+
+
+@pytest.mark.parametrize("objective", ["balanced", "plain"])
+def test_meta_gradient_equals_finite_differences(objective):
     classifier, optimizer, x, y, xm, ym, freq = _problem()
     learner = MetaReweighter(C).double()
     learner.theta.data = torch.tensor([0.3, -0.2, 0.1, 0.0], dtype=torch.float64)
     grad, meta_loss = meta_gradient(
-        classifier, optimizer, learner(), freq, x, y, xm, ym, learner.theta
+        classifier, optimizer, learner(), freq, x, y, xm, ym, learner.theta, objective
     )
     theta = learner.theta.detach()
-    assert meta_loss.item() == pytest.approx(
-        _meta_loss_by_hand(classifier, optimizer, x, y, xm, ym, freq, theta).item(), rel=1e-10
-    )
+
+    def by_hand(t):
+        return _meta_loss_by_hand(classifier, optimizer, x, y, xm, ym, freq, t, objective)
+
+    assert meta_loss.item() == pytest.approx(by_hand(theta).item(), rel=1e-10)
     eps = 1e-6
     numeric = torch.stack(
         [
-            (
-                _meta_loss_by_hand(classifier, optimizer, x, y, xm, ym, freq, theta + eps * e)
-                - _meta_loss_by_hand(classifier, optimizer, x, y, xm, ym, freq, theta - eps * e)
-            )
+            (by_hand(theta + eps * e) - by_hand(theta - eps * e))
             / (2 * eps)
             for e in torch.eye(C, dtype=torch.float64)
         ]
