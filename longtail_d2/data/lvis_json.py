@@ -230,6 +230,8 @@ def _renumber_if_needed(json_file, gt_anns):
     """Annotation ids 1..N when some are not positive integers or repeat (see the module
     docstring); returns whether it renumbered."""
     ids = [a["id"] for a in gt_anns]
+    if set(map(type, ids)) <= {int} and min(ids, default=1) > 0 and len(set(ids)) == len(ids):
+        return False  # the usual case, without a Python step per id
     bad = [i for i in ids if not (isinstance(i, int) and not isinstance(i, bool) and i > 0)]
     repeated = {i: n for i, n in Counter(ids).items() if n > 1}
     if not bad and not repeated:
@@ -296,12 +298,13 @@ def load_longtail_json(
     crowd_cats = {i: set() for i in images}
     report = LoadReport()
     anns, polygon_anns = data["annotations"], []
+    required = frozenset(("id", "image_id", "category_id", "bbox"))
     for ann in anns:
         if not isinstance(ann, dict):
             raise DatasetError(f"{json_file}: annotation {_short(ann)} is not an object")
-        for key in ("id", "image_id", "category_id", "bbox"):
-            if key not in ann:
-                raise DatasetError(f"{json_file}: annotation id {ann.get('id')} lacks {key!r}")
+        if not ann.keys() >= required:
+            key = next(k for k in ("id", "image_id", "category_id", "bbox") if k not in ann)
+            raise DatasetError(f"{json_file}: annotation id {ann.get('id')} lacks {key!r}")
         if ann["category_id"] not in id_map:
             raise DatasetError(
                 f"{json_file}: annotation id {ann.get('id')} has category_id "
