@@ -19,6 +19,7 @@ from detectron2.engine.hooks import PeriodicCheckpointer
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.class_statistics import frequency_groups
+from ..data.named_errors import NamedErrorMapper
 from ..data.resumable_loader import build_resumable_train_loader
 from ..modeling.distributed import all_reduce_sum
 from .roi_features import roi_box_features
@@ -148,7 +149,8 @@ class FASATrainer(LongTailTrainer):
             if fasa.ADAPT_PERIOD > 0
             else max(len(train) // cfg.SOLVER.IMS_PER_BATCH, 1)
         )  # one epoch
-        loader = build_detection_test_loader(held_out, mapper=DatasetMapper(cfg, is_train=True))
+        mapper = NamedErrorMapper(DatasetMapper(cfg, is_train=True))  # a bad image is named
+        loader = build_detection_test_loader(held_out, mapper=mapper)
         logger.info(
             f"FASA: {len(train)} training images, {len(held_out)} held out; "
             f"adaptation every {period} iterations"
