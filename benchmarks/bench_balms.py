@@ -100,21 +100,44 @@ def run_variant(variant, iters, images):
 
     loop = build("balms" if variant == "balms_whole_model" else variant, images)
     step = (lambda: whole_model_step(loop)) if variant == "balms_whole_model" else loop.run_step
+    parts = time_parts() if variant == "balms" else {}
     times = []
     with EventStorage(0) as storage:
         loop.storage = storage
         for i in range(iters + 3):
             loop.iter = i
+            for v in parts.values():
+                v.append(0.0)
             start = time.perf_counter()
             step()
             if i >= 3:
                 times.append(time.perf_counter() - start)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        json.dumps(
-            {"variant": variant, "s_per_iter": statistics.median(times), "peak_rss_mb": rss_mb}
-        )
-    )
+    result = {"variant": variant, "s_per_iter": statistics.median(times), "peak_rss_mb": rss_mb}
+    # Where a BALMS iteration goes: medians of the parts, warm-up rounds left out.
+    result["parts_ms"] = {k: statistics.median(v[3:]) * 1e3 for k, v in parts.items()}
+    print(json.dumps(result))
+
+
+def time_parts():
+    """Wraps the meta-reweight loop's two stages (RoI features of a batch, the meta step) with
+    timers that add to the current iteration's entry; returns {part: [seconds per iter]}."""
+    from longtail_d2.engine import meta_reweight_trainer as mrt
+
+    parts = {"roi_features (train + meta batch)": [], "meta_step": []}
+
+    def timed(fn, key):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            parts[key][-1] += time.perf_counter() - start
+            return out
+
+        return wrapper
+
+    mrt.roi_box_features = timed(mrt.roi_box_features, "roi_features (train + meta batch)")
+    mrt.meta_step = timed(mrt.meta_step, "meta_step")
+    return parts
 
 
 def main():
@@ -151,18 +174,20 @@ def main():
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         base = base or r["s_per_iter"]
+        breakdown = ", ".join(f"{k} {v:.0f} ms" for k, v in r["parts_ms"].items())
         rows.append(
             [
                 variant,
                 f"{r['s_per_iter'] * 1e3:.0f}",
                 f"{r['s_per_iter'] / base:.2f}x",
                 f"{r['peak_rss_mb']:.0f}",
-                "",
+                breakdown,
             ]
         )
+    load = " load average %.2f %.2f %.2f;" % os.getloadavg()
     print(
         f"\nDecoupled stage 2, tiny config, {args.images} + {args.images} images, CPU, median of "
-        f"{args.iters} iterations (peak RSS includes the process's Python and torch):"
+        f"{args.iters} iterations ({load} peak RSS includes the process's Python and torch):"
     )
     print(
         tabulate(
