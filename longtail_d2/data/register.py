@@ -2,7 +2,8 @@
 long-tailed set from ``DATASETS.SYNTHETIC``. Every dataset registered here has
 ``evaluator_type="lvis"`` and its class statistics in its metadata (see
 :mod:`longtail_d2.data.class_statistics`); its LVIS-format ground truth is rebuilt from its
-files on request (:func:`lvis_ground_truth`), not kept in a module-level table."""
+files on request (:func:`lvis_ground_truth`), not kept in a module-level table, and its records
+are re-read by each ``DatasetCatalog.get`` after the first (a process keeps no copy of them)."""
 
 import functools
 import json
