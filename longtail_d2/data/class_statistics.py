@@ -72,11 +72,13 @@ class ClassStatistics:
         return cls(ones, ones.copy(), 2, ["f"] * num_classes, is_placeholder=True)
 
 
-def frequency_groups(image_count: Sequence[int]) -> List[str]:
-    """LVIS group ("r", "c", "f") of each class from its training image count."""
-    return [
-        "r" if n <= RARE_MAX_IMAGES else "c" if n <= COMMON_MAX_IMAGES else "f" for n in image_count
-    ]
+def frequency_groups(
+    image_count: Sequence[int], thresholds: Sequence[int] = (RARE_MAX_IMAGES, COMMON_MAX_IMAGES)
+) -> List[str]:
+    """LVIS group ("r", "c", "f") of each class from its training image count: rare up to
+    ``thresholds[0]`` images, common up to ``thresholds[1]``, frequent above."""
+    rare_max, common_max = thresholds
+    return ["r" if n <= rare_max else "c" if n <= common_max else "f" for n in image_count]
 
 
 def image_categories(record) -> np.ndarray:

@@ -16,6 +16,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from .class_statistics import (
     category_frequency,
     compute_class_statistics,
+    frequency_groups,
     get_class_statistics,
     set_class_statistics,
 )
@@ -87,7 +88,9 @@ def release_loaded_datasets():
     _HELD.clear()
 
 
-def register_longtail_dataset(name: str, json_file: str, image_root: str, frequency_from=()):
+def register_longtail_dataset(
+    name: str, json_file: str, image_root: str, frequency_from=(), frequency_thresholds=None
+):
     """
     Loads and validates an LVIS- or COCO-format file now (raising :class:`DatasetError` that
     names the file), then registers it under ``name`` with its metadata and class statistics.
@@ -96,6 +99,9 @@ def register_longtail_dataset(name: str, json_file: str, image_root: str, freque
     Args:
         frequency_from: training dataset names whose frequency groups a COCO-format file (which
             has none) adopts if its classes are theirs; otherwise its own image counts decide.
+        frequency_thresholds: (rare max, common max) training images of the groups derived
+            from a COCO-format file's own image counts (DATASETS.FREQUENCY_GROUP_THRESHOLDS);
+            None = LVIS's (10, 100). An LVIS-format file keeps the groups it states.
     """
     if name in DatasetCatalog.list():
         meta = MetadataCatalog.get(name)
@@ -107,6 +113,9 @@ def register_longtail_dataset(name: str, json_file: str, image_root: str, freque
     dicts = loaded.dataset_dicts
     classes = [c.get("synonyms", [c["name"]])[0] for c in loaded.categories]
     frequency = [c["frequency"] for c in loaded.categories]
+    stats = compute_class_statistics(dicts, len(loaded.categories))
+    if not loaded.is_lvis_format and frequency_thresholds is not None:
+        frequency = frequency_groups(stats.image_count, frequency_thresholds)
     if not loaded.is_lvis_format and frequency_from:
         if classes == list(MetadataCatalog.get(frequency_from[0]).thing_classes):
             frequency = get_class_statistics(list(frequency_from)).frequency
@@ -126,7 +135,7 @@ def register_longtail_dataset(name: str, json_file: str, image_root: str, freque
         category_frequency=list(frequency),
         is_lvis_format=loaded.is_lvis_format,
     )
-    set_class_statistics(name, compute_class_statistics(dicts, len(loaded.categories)))
+    set_class_statistics(name, stats)
 
 
 def lvis_ground_truth(dataset_name: str) -> dict:
@@ -174,7 +183,13 @@ def register_datasets_from_config(cfg):
     # Training sets first: test sets in COCO format take their frequency groups.
     for name, json_file, image_root in sorted(custom, key=lambda e: e[0] not in train):
         frequency_from = () if name in train else [t for t in train if t in DatasetCatalog.list()]
-        register_longtail_dataset(name, _resolve(json_file), _resolve(image_root), frequency_from)
+        register_longtail_dataset(
+            name,
+            _resolve(json_file),
+            _resolve(image_root),
+            frequency_from,
+            frequency_thresholds=tuple(cfg.DATASETS.FREQUENCY_GROUP_THRESHOLDS),
+        )
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
         if name not in DatasetCatalog.list():
             raise DatasetError(

@@ -58,6 +58,13 @@ _RANGES = (
     ("DATALOADER.REPEAT_THRESHOLD", "a finite number >= 0", lambda v: _finite(v) and v >= 0),
     ("DATALOADER.NUM_WORKERS", ">= 0", lambda v: v >= 0),
     ("DATALOADER.RANDOM_SUBSET_RATIO", "in (0, 1]", lambda v: _finite(v) and 0 < v <= 1),
+    ("TEST.EVALUATOR", "'lvis', 'coco', 'both' or ''", lambda v: v in ("lvis", "coco", "both", "")),
+    ("TEST.DETS_PER_CATEGORY", ">= 0 (0: no AP-fixed / AP-pool)", lambda v: v >= 0),
+    (
+        "DATASETS.FREQUENCY_GROUP_THRESHOLDS",
+        "two image counts (rare max, common max) with 0 <= rare max < common max",
+        lambda v: len(v) == 2 and all(isinstance(x, int) for x in v) and 0 <= v[0] < v[1],
+    ),
     ("MODEL.ROI_HEADS.NUM_CLASSES", "> 0", lambda v: v > 0),
 )
 

@@ -202,3 +202,18 @@ def test_registered_dataset_keeps_no_records(tmp_path, datasets_root):
     release_loaded_datasets()
     assert not held()
     assert len(DatasetCatalog.get("keep_val")) == 5
+
+
+def test_frequency_thresholds_from_the_config(tmp_path, datasets_root):
+    """DATASETS.FREQUENCY_GROUP_THRESHOLDS bounds the groups derived from a COCO file's own
+    image counts (3, 2, 1 images by hand): rare <= 1, common <= 2, frequent above."""
+    from detectron2.data import MetadataCatalog
+
+    assert frequency_groups([1, 2, 3], thresholds=(1, 2)) == ["r", "c", "f"]
+    images = write_images(tmp_path / "images")
+    train = write_json(tmp_path / "train.json", coco_dict())
+    cfg = _cfg([["thr_train", train, images]], ("thr_train",))
+    cfg.DATASETS.FREQUENCY_GROUP_THRESHOLDS = (1, 2)
+    register_datasets_from_config(cfg)
+    assert MetadataCatalog.get("thr_train").category_frequency == ["f", "c", "r"]
+    assert get_class_statistics(["thr_train"]).frequency == ["f", "c", "r"]

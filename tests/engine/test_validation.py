@@ -75,7 +75,10 @@ def test_steps_past_max_iter_are_allowed_but_not_equal():
     "key, value",
     [("SOLVER.BASE_LR", float("nan")), ("SOLVER.BASE_LR", -0.1), ("SOLVER.IMS_PER_BATCH", 0),
      ("DATALOADER.REPEAT_THRESHOLD", float("inf")), ("DATALOADER.NUM_WORKERS", -1),
-     ("MODEL.ROI_HEADS.NUM_CLASSES", 0), ("SOLVER.WARMUP_ITERS", -2)],
+     ("MODEL.ROI_HEADS.NUM_CLASSES", 0), ("SOLVER.WARMUP_ITERS", -2),
+     ("TEST.EVALUATOR", "cocoo"), ("TEST.DETS_PER_CATEGORY", -1),
+     ("DATASETS.FREQUENCY_GROUP_THRESHOLDS", (100, 10)),
+     ("DATASETS.FREQUENCY_GROUP_THRESHOLDS", (10,))],
 )
 def test_ranges(key, value):
     """Set directly: NaN and infinity come from YAML (.nan, .inf), not the command line."""
