@@ -30,8 +30,14 @@ def run_train_net(*args, timeout=600):
 
 
 def read_metrics(output_dir, dataset="longtail_synth_val"):
+    """The evaluation's strict-JSON metrics; null (no ground truth in a group) read as NaN."""
     with open(os.path.join(output_dir, "inference", dataset, "metrics.json")) as f:
-        return json.load(f)
+        metrics = json.load(f, parse_constant=_reject_constant)
+    return {k: float("nan") if v is None else v for k, v in metrics.items()}
+
+
+def _reject_constant(name):
+    raise ValueError(f"metrics.json holds {name}: not strict JSON")
 
 
 def write_json(path, data):
