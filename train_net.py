@@ -17,7 +17,6 @@ import yaml
 
 # First: longtail_d2's warning filters quiet detectron2's start-up FutureWarnings.
 import longtail_d2  # noqa: F401  # isort: skip
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -25,6 +24,7 @@ from detectron2.utils.logger import setup_logger
 from longtail_d2.data import DatasetError
 from longtail_d2.data.register import release_loaded_datasets
 from longtail_d2.engine import ConfigError, prepare_run, trainer_class
+from longtail_d2.engine.checkpoint import LongTailCheckpointer
 from longtail_d2.engine.launch import LaunchError, find_dist_env, launch
 from longtail_d2.engine.validation import check_run
 
@@ -43,7 +43,8 @@ def run(args):
     Trainer = trainer_class(cfg)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        # --resume with a corrupt last checkpoint falls back to the newest good one.
+        LongTailCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         return Trainer.test(cfg, model)
