@@ -65,6 +65,6 @@ def test_loss_sampler_and_cascade_combine_by_config(tmp_path, datasets_root):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = open(os.path.join(out, "log.txt")).read()
-    assert "Using training sampler RepeatFactorTrainingSampler" in log
+    assert "using training sampler RepeatFactorTrainingSampler" in log
     assert "loss_cls_stage2" in log
     assert "segm/APr" in read_metrics(out)

@@ -289,7 +289,7 @@ def build_resumable_train_loader(
     seed = resolve_seed(cfg)
     logger.info(
         f"Resumable training loader: {len(dataset)} images, {total // world} per batch and "
-        f"process, seed {seed}"
+        f"process, seed {seed}; using training sampler {cfg.DATALOADER.SAMPLER_TRAIN}"
     )
     return ResumableTrainLoader(
         SeededMapDataset(DatasetFromList(dataset, copy=False), mapper),
