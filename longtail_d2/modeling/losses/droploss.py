@@ -13,7 +13,8 @@ import torch
 
 from ..distributed import all_reduce_sum
 from .base import check_logits
-from .eql import EQLLoss, eql_weights
+from .bernoulli import bernoulli_mask
+from .eql import EQLLoss
 from .registry import LONGTAIL_LOSS_REGISTRY
 from .sigmoid_ce import positive_positions, sigmoid_bce
 
@@ -41,8 +42,8 @@ def drop_loss(
         ratio: rho; default: computed from this batch. With no foreground RoI rho is taken as
             1 (every background negative kept), as the official code's NaN comparison does.
     Returns:
-        scalar loss. The Bernoulli mask is drawn from torch's global generator, one draw per
-        (background RoI, tail class).
+        scalar loss. The Bernoulli mask (``bernoulli_mask``) is seeded by torch's global
+        generator.
     """
     num_classes = tail_mask.numel()
     check_logits(logits, gt_classes, num_classes, "drop_loss")
@@ -50,17 +51,12 @@ def drop_loss(
         num_tail, num_fg = tail_ratio_counts(gt_classes, tail_mask).tolist()
         ratio = num_tail / num_fg if num_fg > 0 else 1.0
     positions = positive_positions(gt_classes, num_classes)
-    # Foreground rows: EQL (1 - T_j off the true class).
-    weights = eql_weights(gt_classes, tail_mask, logits.dtype)
-    # Background rows: a tail negative is kept where U <= rho, i.e. dropped with probability
-    # 1 - rho. Only these (RoI, class) pairs are drawn: the RNG dominates this loss on CPU.
-    bg_rows = (gt_classes >= num_classes).nonzero()[:, 0]
-    tail_cols = tail_mask.nonzero()[:, 0]
-    kept = torch.rand(len(bg_rows), len(tail_cols), device=logits.device).le_(ratio)
-    # Whole-row and whole-column copies (index_copy_) rather than a 2-D scatter.
-    bg_weights = weights.new_ones(len(bg_rows), num_classes)
-    bg_weights.index_copy_(1, tail_cols, kept.to(logits.dtype))
-    weights.index_copy_(0, bg_rows, bg_weights)
+    # W = 1 - T_j on foreground rows (EQL); on background rows a tail negative is kept where
+    # U < rho (dropped with probability 1 - rho). One (R, C) draw rather than only the
+    # (background, tail) pairs: the weights are then a few boolean passes, with no scatter.
+    is_bg = (gt_classes >= num_classes)[:, None]
+    kept = bernoulli_mask(logits.shape, ratio, logits.device)
+    weights = kept.logical_and_(is_bg).logical_or_(~tail_mask[None]).to(logits.dtype)
     # Positive terms are never dropped: weight 1 at (r, y_r).
     return sigmoid_bce(logits, positions, weights, logits.new_ones(positions[0].shape[0]))
 
