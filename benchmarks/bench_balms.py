@@ -9,7 +9,7 @@ Variants, each timed in its own process (so that peak memory is its own), on the
   balms_whole_model the reference implementation's approach: ``higher`` over the whole detector,
                     which is run through its functional copy on the training and meta batches
 
-    python benchmarks/bench_balms.py [--iters 20] [--images 2]
+    python benchmarks/bench_balms.py [--iters 20] [--images 2] [--meta-images 2]
 
 Target: balms at most 1.5x the time of balanced_softmax.
 """
@@ -27,7 +27,7 @@ CONFIG = os.path.join(REPO, "projects/BALMS/configs/balms_decoupled_R_18_FPN_ins
 VARIANTS = ("balanced_softmax", "balms", "balms_whole_model")
 
 
-def build(variant, images):
+def build(variant, images, meta_images=None):
     sys.path.insert(0, REPO)
     from longtail_d2.engine import LongTailTrainer, MetaReweightTrainer, prepare_run
 
@@ -39,7 +39,7 @@ def build(variant, images):
         "SOLVER.IMS_PER_BATCH",
         str(images),
         "META_REWEIGHT.IMS_PER_BATCH",
-        str(images),
+        str(meta_images or images),
         "OUTPUT_DIR",
         "/tmp/bench_balms",
         "META_REWEIGHT.ENABLED",
@@ -95,10 +95,10 @@ def whole_model_step(loop):
     loop.optimizer.step()
 
 
-def run_variant(variant, iters, images):
+def run_variant(variant, iters, images, meta_images):
     from detectron2.utils.events import EventStorage
 
-    loop = build("balms" if variant == "balms_whole_model" else variant, images)
+    loop = build("balms" if variant == "balms_whole_model" else variant, images, meta_images)
     step = (lambda: whole_model_step(loop)) if variant == "balms_whole_model" else loop.run_step
     parts = time_parts() if variant == "balms" else {}
     times = []
@@ -146,10 +146,15 @@ def main():
     )
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--images", type=int, default=2)
+    parser.add_argument(
+        "--meta-images",
+        type=int,
+        help="META_REWEIGHT.IMS_PER_BATCH (default: --images, as the reference's meta batch)",
+    )
     parser.add_argument("--variant", choices=VARIANTS, help="run one variant (internal)")
     args = parser.parse_args()
     if args.variant:
-        return run_variant(args.variant, args.iters, args.images)
+        return run_variant(args.variant, args.iters, args.images, args.meta_images)
 
     from tabulate import tabulate
 
@@ -165,6 +170,8 @@ def main():
                 str(args.iters),
                 "--images",
                 str(args.images),
+                "--meta-images",
+                str(args.meta_images or args.images),
             ],
             capture_output=True,
             text=True,
@@ -186,7 +193,8 @@ def main():
         )
     load = " load average %.2f %.2f %.2f;" % os.getloadavg()
     print(
-        f"\nDecoupled stage 2, tiny config, {args.images} + {args.images} images, CPU, median of "
+        f"\nDecoupled stage 2, tiny config, {args.images} training + "
+        f"{args.meta_images or args.images} meta images, CPU, median of "
         f"{args.iters} iterations ({load} peak RSS includes the process's Python and torch):"
     )
     print(
