@@ -117,6 +117,21 @@ def bench_losses(args, device):
     print(tabulate(rows, headers=["loss", "ms", "vs softmax CE"], tablefmt="pipe"))
 
 
+def bench_bernoulli(args, device):
+    """DropLoss's mask: bernoulli_mask against torch.rand(...) < p, one (R, C) draw each."""
+    from longtail_d2.modeling.losses.bernoulli import bernoulli_mask
+
+    shape = (args.rois, args.classes)
+    steps = {
+        "torch.rand(R, C) < p": lambda: torch.rand(shape, device=device) < 0.3,
+        "bernoulli_mask((R, C), p)": lambda: bernoulli_mask(shape, 0.3, device),
+    }
+    medians = interleaved_medians(steps, args.iters, device)
+    rows = [[n, f"{t * 1e3:.2f}"] for n, t in medians.items()]
+    print(f"\nBernoulli mask of {args.rois} x {args.classes}, {device}:")
+    print(tabulate(rows, headers=["draw", "ms"], tablefmt="pipe"))
+
+
 def bench_training(args):
     from detectron2.data import build_detection_train_loader
     from detectron2.modeling import build_model
@@ -177,5 +192,6 @@ if __name__ == "__main__":
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     bench_losses(args, torch.device(args.device))
+    bench_bernoulli(args, torch.device(args.device))
     if not args.skip_training:
         bench_training(args)
