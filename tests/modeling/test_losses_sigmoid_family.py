@@ -13,6 +13,7 @@ from longtail_d2.modeling.losses import (
     sigmoid_ce_loss,
 )
 from longtail_d2.modeling.losses.balanced_softmax import BalancedSoftmaxLoss
+from longtail_d2.modeling.losses.droploss import drop_weights
 
 LN2 = math.log(2)
 # R = 2, C = 2. Row 0 is a foreground RoI of class 0, row 1 a background RoI (label C = 2).
@@ -77,6 +78,22 @@ def test_droploss_mask_expectation():
     # rho = 0 (all foreground is head): every tail negative of a background row is dropped.
     gt0 = torch.cat([torch.tensor([0]), torch.full((10,), 3)])
     assert drop_loss(torch.zeros(11, 3), gt0, tail).item() * 11 == pytest.approx(LN2 + 10 * LN2)
+
+
+def test_drop_weights_layout():
+    """Foreground rows are EQL's 1 - T_j, background head columns 1, background tail columns a
+    0 / 1 draw kept with probability rho; the dtype follows the logits."""
+    tail = torch.tensor([True, False, True, True])
+    gt = torch.cat([torch.tensor([0, 1, 2]), torch.full((4000,), 4)])
+    logits = torch.zeros(len(gt), 4, dtype=torch.float64)
+    torch.manual_seed(3)
+    w = drop_weights(gt, tail, 0.25, logits)
+    assert w.dtype == torch.float64 and w.shape == logits.shape
+    assert torch.equal(w[:3], (~tail).to(w.dtype).expand(3, 4))
+    bg = w[3:]
+    assert torch.all(bg[:, 1] == 1)
+    assert set(bg[:, tail].unique().tolist()) == {0.0, 1.0}
+    assert bg[:, tail].mean().item() == pytest.approx(0.25, abs=0.015)  # 12,000 draws
 
 
 def test_droploss_draws_from_global_generator():
