@@ -249,11 +249,9 @@ def markdown(result):
         headers=["group", "classes", "fg RoIs", "mean score on bg RoIs"],
         tablefmt="pipe",
     )
-    notes = [f"{name}: {e['state']}" for name, e in result["losses"].items()]
-    notes += [
-        f"{name}: mean rho {_fmt(e['mean_rho'], 3)}"
+    notes = [
+        f"{name}: {e['state']}" + (f"; mean rho {e['mean_rho']:.3g}" if "mean_rho" in e else "")
         for name, e in result["losses"].items()
-        if "mean_rho" in e
     ]
     return (
         f"Gradient mass |d loss / d logit| summed over {result['batches']} training batches "

@@ -6,6 +6,7 @@ input is one line with exit code 2, before anything is written."""
 import json
 import math
 import os
+import runpy
 import subprocess
 import sys
 
@@ -25,6 +26,7 @@ from longtail_d2.modeling.losses import DropLoss, EQLLoss, SigmoidCELoss
 from tests.conftest import INSTANT, REPO
 
 TOOL = os.path.join(REPO, "tools", "loss_gradients.py")
+EQLV2 = os.path.join(REPO, "projects", "EQLv2", "configs", "eqlv2_mask_rcnn_R_18_FPN_instant.yaml")
 # The instant config with longtail_d2's heads and a sigmoid classifier (C logits per RoI).
 SIGMOID = [
     "MODEL.DEVICE", "cpu",
@@ -73,7 +75,7 @@ def test_bce_masses_by_hand():
     # longtail_d2's SigmoidCELoss kernel gives torch's BCE gradient on the same logits.
     assert torch.allclose(_masses(SigmoidCELoss(num_classes=3)), hand, rtol=1e-12, atol=0)
     report = group_report(_masses(SigmoidCELoss(num_classes=3)), bce)
-    for g, group in enumerate(GROUPS):
+    for group in GROUPS:
         assert report[group]["removed_bg"] == pytest.approx(0, abs=1e-12)
     assert report["r"]["removed_fg"] == pytest.approx(0, abs=1e-12)
     assert report["c"]["removed_fg"] == pytest.approx(0, abs=1e-12)
@@ -162,20 +164,53 @@ def test_tool_on_instant_config(datasets_root, tmp_path):
     assert 0 <= result["losses"]["DropLoss"]["mean_rho"] <= 1
 
 
+# Cascade heads replace detectron2's box path, which roi_box_features cannot replay.
+CASCADE = [
+    "MODEL.ROI_HEADS.NAME", "LongTailCascadeROIHeads",
+    "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True",
+]  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    "args,expected",
+    "args,opts,expected",
     [
-        (["--losses", "NoSuchLoss", "EQLLoss"], "unknown loss 'NoSuchLoss'; choices: "),
-        (["--weights", "missing/model_final.pth"], "--weights missing/model_final.pth"),
+        (["--losses", "NoSuchLoss", "EQLLoss"], [], "unknown loss 'NoSuchLoss'; choices: "),
+        (["--weights", "missing/model_final.pth"], [], "--weights missing/model_final.pth"),
         # EQL v2 needs C + 1 logits, the sigmoid model has C.
-        (["--losses", "EQLv2Loss"], "EQLv2Loss (13) take another number of logits"),
+        (["--losses", "EQLv2Loss"], [], "EQLv2Loss (13) take another number of logits"),
+        ([], CASCADE, "LongTailCascadeROIHeads (MODEL.ROI_HEADS.NAME) replaces"),
     ],
 )
-def test_bad_input_is_one_line(datasets_root, tmp_path, args, expected):
+def test_bad_input_is_one_line(datasets_root, tmp_path, args, opts, expected):
     out = tmp_path / "out"
-    # The last --weights given counts (argparse).
-    proc = run_tool("--config-file", INSTANT, "--weights", "", "--output", str(out), *args, *SIGMOID)
+    # The last --weights given counts (argparse), and the last value of a config key.
+    argv = ["--config-file", INSTANT, "--weights", "", "--output", str(out), *args]
+    proc = run_tool(*argv, *SIGMOID, *opts)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0]
     assert not out.exists()
+
+
+def test_stateful_loss_uses_the_checkpoint_statistics(datasets_root, tmp_path):
+    from longtail_d2.engine import prepare_run, trainer_class
+
+    cfg = prepare_run(EQLV2, ["MODEL.DEVICE", "cpu"])
+    model = trainer_class(cfg).build_model(cfg)
+    loss = model.roi_heads.box_predictor.cls_loss
+    # g = P / Q = 0.1 for every class: negatives weighted r = sigmoid(gamma (g - mu)), well below
+    # the r = 1 of fresh statistics (P = Q = 0).
+    loss.pos_grad.fill_(0.1)
+    loss.neg_grad.fill_(1.0)
+    torch.save({"model": model.state_dict()}, tmp_path / "model.pth")
+    main = runpy.run_path(TOOL, run_name="loss_gradients")["main"]
+    argv = ["--config-file", EQLV2, "--weights", str(tmp_path / "model.pth"), "--batches", "2"]
+    result = main(argv + ["--losses", "EQLv2Loss", "MODEL.DEVICE", "cpu"])
+    entry = result["losses"]["EQLv2Loss"]
+    assert entry["state"] == "checkpoint statistics, frozen"
+    r = _sigmoid(loss.gamma * (0.1 / (1.0 + 1e-10) - loss.mu))
+    # EQL v2 scales every negative of class j by r_j, against BCE's (1/R) |sigma(z)|: the removed
+    # fraction is 1 - r in both sources, on both batches (the statistics do not move).
+    for group in GROUPS:
+        if result["groups"][group]["classes"]:
+            assert entry["groups"][group]["removed_bg"] == pytest.approx(1 - r, rel=1e-9)
