@@ -9,7 +9,7 @@ per-category precision arrays are joined: the numbers are those of one run over 
 """
 
 import gc
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from faster_coco_eval import COCO, COCOeval_faster
@@ -17,7 +17,13 @@ from faster_coco_eval.core import mask as fce_mask
 
 from .detections import Detections
 
-__all__ = ["ground_truth_api", "precision_per_category", "mean_valid", "AREA_LABELS"]
+__all__ = [
+    "ground_truth_api",
+    "detection_area",
+    "precision_per_category",
+    "mean_valid",
+    "AREA_LABELS",
+]
 
 AREA_LABELS = ("all", "small", "medium", "large")  # faster-coco-eval's default area ranges
 # Bounds of one group: detections turned into dicts, and (image, category) pairs evaluated
@@ -45,24 +51,37 @@ def ground_truth_api(gt: dict) -> COCO:
     return api
 
 
-def _detection_dicts(dets: Detections, iou_type: str, first_id: int) -> List[dict]:
+def detection_area(dets: Detections, iou_type: str) -> np.ndarray:
+    """(N,) the area faster-coco-eval's loadRes and lvis-api's LVISResults give each detection:
+    box w * h for bbox, mask area for segm."""
+    if iou_type == "bbox":
+        return dets.bbox[:, 2] * dets.bbox[:, 3]
+    if len(dets) == 0:
+        return np.zeros(0)
+    # pycocotools' area() fails on numpy 2 beyond 255 masks: faster-coco-eval's
+    return np.asarray(fce_mask.area(dets.rles()), np.float64)
+
+
+def _detection_dicts(
+    dets: Detections, iou_type: str, first_id: int, area: Optional[np.ndarray]
+) -> List[dict]:
     """The dicts faster-coco-eval reads (what its loadRes would make, minus unused fields)."""
     if len(dets) == 0:
         return []
     ids = range(first_id, first_id + len(dets))
     common = zip(dets.image_id.tolist(), dets.category_id.tolist(), dets.score.tolist(), ids)
     if iou_type == "bbox":
-        area = (dets.bbox[:, 2] * dets.bbox[:, 3]).tolist()  # loadRes: w * h
+        area = (detection_area(dets, iou_type) if area is None else area).tolist()
         return [
             {"image_id": i, "category_id": c, "score": s, "id": k, "iscrowd": 0, "area": a, **b}
             for (i, c, s, k), a, b in zip(common, area, ({"bbox": b} for b in dets.bbox.tolist()))
         ]
     rles = dets.rles()
-    # loadRes / lvis-api: the mask area (pycocotools' area() fails on numpy 2 beyond 255 masks)
-    area = np.asarray(fce_mask.area(rles)).tolist()
+    if area is None:
+        area = np.asarray(fce_mask.area(rles))  # = detection_area, without a second rles()
     return [
         {"image_id": i, "category_id": c, "score": s, "id": k, "iscrowd": 0, "area": a, **r}
-        for (i, c, s, k), a, r in zip(common, area, ({"segmentation": r} for r in rles))
+        for (i, c, s, k), a, r in zip(common, area.tolist(), ({"segmentation": r} for r in rles))
     ]
 
 
@@ -102,6 +121,7 @@ def _precision_per_category(
     *,
     lvis_style: bool,
     max_dets: Sequence[int],
+    area: Optional[np.ndarray] = None,
 ) -> Dict[str, np.ndarray]:
     """
     Args:
@@ -110,6 +130,8 @@ def _precision_per_category(
         cat_ids: sorted dataset category ids to score (the K axis of the result).
         lvis_style: faster-coco-eval's LVIS mode (federated negatives, not-exhaustive ids).
         max_dets: its ``params.maxDets``.
+        area: (N,) :func:`detection_area` of ``dets`` when the caller has it (computed per
+            group otherwise).
     Returns:
         {"precision": (T, R, K, A, M) array, -1 where a category has no ground truth,
          "iou_thrs": (T,)}.
@@ -138,7 +160,9 @@ def _precision_per_category(
         dt_api = COCO(print_function=_quiet)
         dt_api.dataset = {
             "images": [],
-            "annotations": _detection_dicts(part, iou_type, first_id),
+            "annotations": _detection_dicts(
+                part, iou_type, first_id, None if area is None else area[index]
+            ),
             "categories": gt_api.dataset["categories"],
         }
         dt_api.createIndex()

@@ -5,7 +5,10 @@ PyPI's ``lvis==0.5.3`` crashes on numpy >= 1.24 (``np.float``); faster-coco-eval
 gives the same numbers (tests/evaluation/test_lvis_eval.py checks it against lvis-api).
 Protocol: the top ``max_dets`` detections of each image over all categories; a detection of
 category c in image I counts only if c is annotated in I or in ``neg_category_ids(I)``;
-unmatched detections of c are ignored where c is in ``not_exhaustive_category_ids(I)``.
+unmatched detections of c are ignored where c is in ``not_exhaustive_category_ids(I)``;
+only annotations and detections of area > 0 are evaluated (lvis-api's ``LVIS.get_ann_ids``
+keeps ``area > 0``: a detection with an empty mask or a zero-width box is dropped, after the
+cap, where faster-coco-eval would count it as a false positive in the "all" and "small" ranges).
 
 The per-image cap and the federated filter are done here with numpy (the filter drops what
 faster-coco-eval would drop, before any dict is made), then the categories are scored in
@@ -17,7 +20,13 @@ from typing import Dict, List, Tuple, Union
 
 import numpy as np
 
-from .chunked_eval import AREA_LABELS, ground_truth_api, mean_valid, precision_per_category
+from .chunked_eval import (
+    AREA_LABELS,
+    detection_area,
+    ground_truth_api,
+    mean_valid,
+    precision_per_category,
+)
 from .detections import Detections, ResultsError
 
 __all__ = [
@@ -27,6 +36,7 @@ __all__ = [
     "top_detections_per_image",
     "top_detections_per_category",
     "federated_filter",
+    "positive_area_ground_truth",
     "check_detections",
 ]
 
@@ -96,6 +106,19 @@ def federated_filter(gt: dict, dets: Detections) -> Detections:
     return dets.select(np.isin(_pair_keys(dets.image_id, dets.category_id, n, cat_index), allowed))
 
 
+def positive_area_ground_truth(gt: dict) -> dict:
+    """``gt`` without the annotations lvis-api leaves out: it evaluates those of area > 0 only
+    (``LVIS.get_ann_ids``), so an annotation of area 0 is neither ground truth nor makes its
+    category present in its image. ``gt`` itself (no copy) when there is none."""
+
+    def area(a):  # what ground_truth_api gives faster-coco-eval (box area when absent)
+        return a["area"] if "area" in a else a["bbox"][2] * a["bbox"][3]
+
+    anns = gt["annotations"]
+    keep = [a for a in anns if area(a) > 0]
+    return gt if len(keep) == len(anns) else dict(gt, annotations=keep)
+
+
 def lvis_summary(precision: np.ndarray, iou_thrs, frequency: List[str]) -> Dict[str, float]:
     """AP, AP50, ... APf in percent (nan where nothing has ground truth) from the precision
     array (T, R, K, A, M) of faster-coco-eval / lvis-api, at the last M."""
@@ -138,13 +161,17 @@ def evaluate_lvis(
         max_dets: detections kept per image (LVIS: 300); ignored when dets_per_category > 0.
         dets_per_category: > 0 gives AP-fixed (Dave et al. 2021): the top ``dets_per_category``
             detections of each category over the dataset, no per-image cap.
-        gt_api: a :func:`~.chunked_eval.ground_truth_api` of ``lvis_gt`` to reuse.
+        gt_api: a :func:`~.chunked_eval.ground_truth_api` of ``lvis_gt`` to reuse (not used
+            when ``lvis_gt`` has annotations of area 0: one without them is made).
 
     Returns:
         metrics: {"AP", "AP50", ..., "APf"} in percent (nan where a group has no category).
         per_category_ap: {category id: AP in percent, nan if the category has no ground truth}.
     """
     assert iou_type in ("bbox", "segm"), iou_type
+    evaluated_gt = positive_area_ground_truth(lvis_gt)
+    if evaluated_gt is not lvis_gt:
+        lvis_gt, gt_api = evaluated_gt, None
     dets = _as_detections(results)
     if iou_type == "segm" and len(dets) and not dets.has_masks:
         raise ResultsError("results: segm evaluation needs a 'segmentation' in every detection")
@@ -159,9 +186,15 @@ def evaluate_lvis(
         dets = top_detections_per_image(dets, max_dets)
         cap = max_dets
     dets = federated_filter(lvis_gt, dets)
+    # Area 0 (empty mask, zero-width box): dropped as lvis-api does, once the cap is applied.
+    area = detection_area(dets, iou_type)
+    keep = area > 0
+    dets, area = dets.select(keep), area[keep]
     categories = sorted(lvis_gt["categories"], key=lambda c: c["id"])
     cat_ids = [c["id"] for c in categories]
     gt_api = gt_api or ground_truth_api(lvis_gt)
-    out = precision_per_category(gt_api, dets, iou_type, cat_ids, lvis_style=True, max_dets=[cap])
+    out = precision_per_category(
+        gt_api, dets, iou_type, cat_ids, lvis_style=True, max_dets=[cap], area=area
+    )
     metrics = lvis_summary(out["precision"], out["iou_thrs"], [c["frequency"] for c in categories])
     return metrics, per_category_ap(out["precision"], cat_ids)

@@ -177,3 +177,51 @@ def test_no_detections():
     assert metrics["AP"] == 0.0 and metrics["APs"] == 0.0 and metrics["APf"] == 0.0
     assert math.isnan(metrics["APm"]) and math.isnan(metrics["APr"])
     assert per_cat[1] == 0.0 and math.isnan(per_cat[2])
+
+
+def _assert_equal_to_lvis_api(gt, dets, iou_type, max_dets, tmp_path):
+    ours, _ = evaluate_lvis(gt, dets, iou_type, max_dets=max_dets)
+    ref = lvis_api_results(gt, dets, iou_type, max_dets, tmp_path)
+    for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"):
+        expected = ref[key] * 100
+        if expected < 0:
+            assert math.isnan(ours[key]), key
+        else:
+            assert ours[key] == pytest.approx(expected, abs=1e-4), key
+    return ours
+
+
+def _empty(det):
+    """The detection with an empty mask and a zero-width box (area 0 either way)."""
+    x, y, _, h = det["bbox"]
+    return dict(det, bbox=[x, y, 0.0, h], segmentation=_square_rle(x, y, 0, h))
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_area_zero_detection_is_dropped_after_the_cap(iou_type, tmp_path):
+    """lvis-api evaluates only annotations and detections of area > 0 (LVIS.get_ann_ids): a
+    detection with an empty mask / zero-width box is not a false positive (faster-coco-eval
+    alone counts it in the "all" and "small" ranges), but it still takes its place in the
+    per-image cap. Hand values: the small (20 x 20) GT is found by the 0.9 detection."""
+    gt, tp = _one_image_case()
+    tp = dict(tp, segmentation=_square_rle(10, 10, 20, 20))
+    dets = [_empty(dict(tp, score=0.95)), tp]
+    ours = _assert_equal_to_lvis_api(gt, dets, iou_type, 300, tmp_path)
+    assert ours["AP"] == pytest.approx(100.0) and ours["APs"] == pytest.approx(100.0)
+    ours = _assert_equal_to_lvis_api(gt, dets, iou_type, 1, tmp_path)  # the cap keeps the empty one
+    assert ours["AP"] == 0.0
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_area_zero_cases_equal_lvis_api(iou_type, tmp_path):
+    """The generated case plus high-scoring empty detections of present, negative and
+    not-exhaustive categories, and ground truth of area 0 (lvis-api leaves it out: neither
+    ground truth nor a reason to keep its category's detections in the image)."""
+    gt, dets = generated_case(seed=3, num_images=30)
+    extra = []
+    for k, d in enumerate(dets[::3]):
+        extra.append(_empty(dict(d, score=0.9 + 0.09 * (k % 7) / 7)))
+    for a in gt["annotations"][::7]:
+        a["area"] = 0.0
+    ours = _assert_equal_to_lvis_api(gt, dets + extra, iou_type, 300, tmp_path)
+    assert not math.isnan(ours["APs"])
