@@ -5,7 +5,10 @@ against lvis-api (0.5.3, with the ``np.float`` shim it needs on numpy >= 1.24) a
 faster-coco-eval's LVIS mode called directly, on a generated LVIS-shaped set. Each evaluator
 runs in its own process (peak RSS = that process's ``ru_maxrss``, which includes holding the
 ground truth and the detections in the form the evaluator takes: arrays for ours, a list of
-dicts for the others); the time is the evaluation's alone. The numbers must agree to 1e-4.
+dicts for the others); the time is the evaluation's alone. Ours must agree with lvis-api to
+1e-4; faster-coco-eval called directly differs where the protocol evaluates detections of area 0
+(lvis-api drops them, faster-coco-eval counts them as false positives in the all / small ranges;
+README, "Backend and scale"): the report says how many there are.
 
     python benchmarks/bench_eval.py --images 1000 --task bbox
     nice -n 10 python benchmarks/bench_eval.py --images 5000 --dets-per-image 300 --task segm
@@ -16,7 +19,8 @@ image frequencies, 1-6 classes with 1-4 instances (polygons) per 640 x 480 image
 negative classes, ~10 % of present classes not exhaustively annotated; per image
 ``--dets-per-image`` detections: 25 % jittered ground truth of the right class, 15 % boxes of a
 negative class, the rest random boxes of random classes (mostly outside the image's federated
-lists, so ignored by the protocol). Masks are box-shaped RLEs.
+lists, so ignored by the protocol). Masks are box-shaped RLEs; a jittered box pushed past the
+right / bottom border is clipped to a negative width, i.e. an empty mask (area 0).
 """
 
 import argparse
@@ -143,6 +147,25 @@ def _result_dicts(folder, task):
     return out
 
 
+def area_zero_detections(folder, task, max_dets):
+    """How many detections the LVIS protocol evaluates (top ``max_dets`` per image, federated
+    filter) have area 0: lvis-api drops them, faster-coco-eval alone counts them."""
+    sys.path.insert(0, REPO)
+    from longtail_d2.evaluation.chunked_eval import detection_area
+    from longtail_d2.evaluation.detections import Detections
+    from longtail_d2.evaluation.lvis_eval import federated_filter, top_detections_per_image
+
+    with open(os.path.join(folder, "gt.json")) as f:
+        gt = json.load(f)
+    with np.load(os.path.join(folder, "dets.npz")) as f:
+        keys = [k for k in f.files if task == "segm" or not k.startswith(("rle", "mask"))]
+        dets = Detections(**{k: f[k] for k in keys})
+    dets = federated_filter(gt, top_detections_per_image(dets, max_dets))
+    # == 0, not <= 0: a box of negative area is outside every area range, so faster-coco-eval
+    # ignores it (it overlaps nothing) and agrees with lvis-api there
+    return int(np.count_nonzero(detection_area(dets, task) == 0))
+
+
 def run_worker(name, folder, task, max_dets):
     with open(os.path.join(folder, "gt.json")) as f:
         gt = json.load(f)
@@ -228,25 +251,51 @@ def main():
         print(f"{name}: {rows[-1]['seconds']:.1f} s", flush=True)
     if not rows:
         return
-    ref = next((r for r in rows if r["name"] == "lvis-api"), rows[0])
+    by_name = {r["name"]: r for r in rows}
+    ref = by_name.get("lvis-api") or by_name.get("ours") or rows[0]
     print(
         "\n| evaluator | time (s) | CPU time (s) | CPU time / lvis-api's | peak memory (GB) | AP "
         f"| max abs diff vs {ref['name']} |\n|---|---|---|---|---|---|---|"
     )
-    worst = 0.0
+    worst, fce_diff = 0.0, 0.0
     for r in rows:
         diff = max(
             abs(a - b) if a is not None and b is not None else (0.0 if a is b else float("inf"))
             for a, b in ((r["metrics"][k], ref["metrics"][k]) for k in METRICS)
         )
-        worst = max(worst, diff)
+        if r["name"] == "fce" and ref["name"] != "fce":
+            fce_diff = diff  # a known deviation when there are detections of area 0: below
+        else:
+            worst = max(worst, diff)
         ratio = r["cpu"] / ref["cpu"] if ref["name"] == "lvis-api" else float("nan")
         print(
             f"| {r['name']} | {r['seconds']:.1f} | {r['cpu']:.1f} | {ratio:.2f} | "
             f"{r['peak_bytes'] / 1e9:.2f} | {100 * r['metrics']['AP']:.3f} | {diff:.1e} |"
         )
     verdict = "ok" if worst <= 1e-4 else "NOT within 1e-4"
-    print(f"\nAP, AP50, AP75, APs/m/l, APr/c/f (fractions) agree to {worst:.1e}: {verdict}")
+    agreeing = ", ".join(r["name"] for r in rows if r["name"] != "fce" or r is ref)
+    print(
+        f"\nAP, AP50, AP75, APs/m/l, APr/c/f (fractions) of {agreeing} agree to "
+        f"{worst:.1e}: {verdict}"
+    )
+    if "fce" in by_name and ref["name"] != "fce" and fce_diff <= 1e-4:
+        print(f"fce (faster-coco-eval called directly) agrees with {ref['name']} to {fce_diff:.1e}")
+    elif "fce" in by_name and ref["name"] != "fce":
+        n = area_zero_detections(folder, args.task, 300)
+        known = "the known deviation" if n else "NOT explained by detections of area 0"
+        print(
+            f"fce (faster-coco-eval's LVIS mode called directly) differs from {ref['name']} by "
+            f"{fce_diff:.1e}, {known}: {n:,} of the detections the protocol evaluates have "
+            "area 0 (empty mask / zero-width box); lvis-api leaves them out (LVIS.get_ann_ids "
+            "keeps area > 0) and so does ours, faster-coco-eval counts them as false positives "
+            "in the all and small area ranges"
+        )
+    if max(worst, fce_diff) > 1e-4:  # where they differ
+        print("\n| metric | " + " | ".join(r["name"] for r in rows) + " |")
+        print("|---" * (len(rows) + 1) + "|")
+        for k in METRICS:
+            values = [r["metrics"][k] for r in rows]
+            print(f"| {k} | " + " | ".join("-" if v is None else f"{v:.6f}" for v in values) + " |")
 
 
 if __name__ == "__main__":
