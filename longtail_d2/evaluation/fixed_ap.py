@@ -22,9 +22,14 @@ from typing import Dict, List, Union
 
 import numpy as np
 
-from .chunked_eval import ground_truth_api, mean_valid, precision_per_category
+from .chunked_eval import detection_area, ground_truth_api, mean_valid, precision_per_category
 from .detections import Detections, ResultsError
-from .lvis_eval import check_detections, federated_filter, top_detections_per_category
+from .lvis_eval import (
+    check_detections,
+    federated_filter,
+    positive_area_ground_truth,
+    top_detections_per_category,
+)
 
 __all__ = ["LVIS_DETS_PER_CATEGORY", "POOL_METRICS", "evaluate_ap_pool"]
 
@@ -110,9 +115,11 @@ def evaluate_ap_pool(
     if iou_type == "segm" and len(dets) and not dets.has_masks:
         raise ResultsError("results: segm evaluation needs a 'segmentation' in every detection")
     check_detections(lvis_gt, dets)
+    lvis_gt = positive_area_ground_truth(lvis_gt)  # area 0 is not evaluated (lvis-api)
     if dets_per_category > 0:
         dets = top_detections_per_category(dets, dets_per_category)
     dets = federated_filter(lvis_gt, dets)
+    dets = dets.select(detection_area(dets, iou_type) > 0)
     frequency = {c["id"]: c["frequency"] for c in lvis_gt["categories"]}
     out = {}
     # One run pools every category; a second pools each group (pool ids 1, 2, 3 = r, c, f).

@@ -97,3 +97,20 @@ def test_ap_fixed_equals_lvis_ap_when_nothing_is_cut():
         usual, _ = evaluate_lvis(gt, dets, iou_type, max_dets=len(dets))
         for key, value in usual.items():
             assert fixed[key] == pytest.approx(value, abs=1e-12, nan_ok=True), key
+
+
+def test_ap_pool_leaves_out_area_zero_as_lvis_api():
+    """lvis-api evaluates annotations and detections of area > 0 only: a zero-width box ranked
+    first, or an annotation of area 0, changes neither AP-pool nor AP-fixed."""
+    gt, dets = _hand_case()
+    pool = evaluate_ap_pool(gt, dets, "bbox", dets_per_category=2)
+    fixed = evaluate_lvis(gt, dets, "bbox", dets_per_category=3)[0]
+    dets = dets + [{"image_id": 1, "category_id": 1, "bbox": [5.0, 5.0, 0.0, 5.0], "score": 0.95}]
+    gt["annotations"].append(
+        {"id": 4, "image_id": 2, "category_id": 1, "bbox": [30.0, 30.0, 0.0, 0.0], "area": 0.0}
+    )
+    pool_after = evaluate_ap_pool(gt, dets, "bbox", dets_per_category=3)
+    assert pool_after == pytest.approx(pool, nan_ok=True)
+    assert evaluate_lvis(gt, dets, "bbox", dets_per_category=4)[0] == pytest.approx(
+        fixed, nan_ok=True
+    )
