@@ -74,7 +74,7 @@ def test_table_of_finished_runs_mean_and_std(tmp_path, stub_env):
     root = tmp_path / "out"
     lst = _write_list(
         tmp_path / "l.yaml",
-        [{"name": "a", "config": INSTANT}, {"name": "b", "config": INSTANT}],
+        [{"name": "a", "config": INSTANT}, {"name": "b", "config": INSTANT, "baseline": "a"}],
     )
     # a: APr 10, 14, 15 -> mean 13, sample std sqrt((9 + 1 + 4) / 2) = sqrt(7) = 2.6458;
     #    APc 20, 20, 23 -> mean 21, std sqrt((1 + 1 + 4) / 2) = sqrt(3) = 1.7321.
@@ -113,11 +113,29 @@ def test_table_of_finished_runs_mean_and_std(tmp_path, stub_env):
     assert float(b["segm/APr mean"]) == pytest.approx((30 + 12 + 14) / 3, abs=1e-4)
     table = (root / "benchmark.md").read_text()
     assert "| a | 3 | 50.0 ± 0.0 | 13.0 ± 2.6 | 21.0 ± 1.7 | 40.0 ± 0.0 |" in table
+    # b - a per seed: APr 30 - 10, 12 - 14, 14 - 15 -> mean 17/3, std 12.4.
+    paired = next(line for line in table.splitlines() if line.startswith("| b - a | 3 |"))
+    assert paired.split(" | ")[3] == "+5.7 ± 12.4"
     assert (root / "benchmark.png").stat().st_size > 0
 
     # Everything finished now: a second call starts nothing.
     assert _tool().main([lst, "--output", str(root), "--train-script", STUB]) == 0
     assert len(_calls(stub_env)) == 2
+
+
+def test_paired_differences_by_hand():
+    """method - baseline per seed, over the seeds both finished: a - b = 2, 1, 4 (seed 3 only
+    in a) -> mean 7/3, sample std sqrt(((1/3)^2 + (4/3)^2 + (5/3)^2) / 2) = sqrt(7/3)."""
+    from longtail_d2.benchmark import markdown_paired_table, paired_differences
+
+    a = {s: _metrics(apr, 20.0) for s, apr in ((0, 10.0), (1, 14.0), (2, 15.0), (3, 99.0))}
+    b = {s: _metrics(apr, 21.0) for s, apr in ((0, 8.0), (1, 13.0), (2, 11.0))}
+    table = paired_differences({"a": a, "b": b}, [("a", "b")])
+    row = table[("a", "b")]
+    assert row["n"] == 3
+    assert row["segm/APr"] == pytest.approx((7 / 3, math.sqrt(7 / 3)))
+    assert row["segm/APc"] == pytest.approx((-1.0, 0.0))
+    assert "| a - b | 3 | +0.0 ± 0.0 | +2.3 ± 1.5 | -1.0 ± 0.0 |" in markdown_paired_table(table)
 
 
 def test_dependency_substitution_order_and_failure(tmp_path, stub_env, monkeypatch, capsys):
@@ -169,6 +187,8 @@ def test_dependency_substitution_order_and_failure(tmp_path, stub_env, monkeypat
         ([{"name": "a", "config": INSTANT}, {"name": "a", "config": INSTANT}], "listed twice"),
         ([{"name": "a", "config": INSTANT, "overrides": ["SOLVER.NO_SUCH", "1"]}], "method 'a'"),
         ([{"name": "a", "config": INSTANT}], "does not evaluate 'longtail_synth_test'"),
+        ([{"name": "a", "config": INSTANT, "baseline": "zz"}], "baseline 'zz', which is not a"),
+        ([{"name": "a", "config": INSTANT, "baseline": ["a"]}], "baseline 'a', which is itself"),
     ],
 )
 def test_bad_input_fails_before_anything_runs(tmp_path, stub_env, methods, message):

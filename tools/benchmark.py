@@ -33,7 +33,9 @@ from longtail_d2.benchmark import (  # noqa: E402
     dataset_overrides,
     is_finished,
     load_method_list,
+    markdown_paired_table,
     markdown_table,
+    paired_differences,
     plan_runs,
     plot_groups,
     quiet,
@@ -141,16 +143,26 @@ def main(argv=None):
             runs, args.train_script, os.path.join(root, "logs"), split, jobs, args.threads, gpus
         )
         failed = {k: s for k, s in status.items() if s.startswith("failed")}
-    results = {m.name: [] for m in methods}
+    by_seed = {m.name: {} for m in methods}
     for run in runs:
         if is_finished(run.output_dir, split):
-            results[run.method].append(read_metrics(run.output_dir, split))
-    table = aggregate(results)
+            by_seed[run.method][run.seed] = read_metrics(run.output_dir, split)
+    table = aggregate({m: list(runs_of.values()) for m, runs_of in by_seed.items()})
+    given = argv if argv is not None else sys.argv[1:]
+    command_line = f"`python tools/benchmark.py {' '.join(given)}`"
     caption = (
         f"{split}: mean ± std (sample, n - 1) over seeds {' '.join(map(str, args.seeds))}; "
-        f"`python tools/benchmark.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
+        + command_line
     )
     text = markdown_table(table, caption)
+    # Each method against its baselines (the list's "baseline:"), seed by seed.
+    pairs = [(m.name, b) for m in methods for b in m.baseline if b in by_seed]
+    if pairs:
+        text += "\n" + markdown_paired_table(
+            paired_differences(by_seed, pairs),
+            f"{split}: method - baseline of the same seed, mean ± std (n - 1) over the seeds "
+            "both finished",
+        )
     print(text)
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, "benchmark.md"), "w") as f:

@@ -12,5 +12,14 @@ from .methods import (
     quiet,
     select_methods,
 )
-from .results import aggregate, markdown_table, metrics_file, plot_groups, read_metrics, write_csv
+from .results import (
+    aggregate,
+    markdown_paired_table,
+    markdown_table,
+    metrics_file,
+    paired_differences,
+    plot_groups,
+    read_metrics,
+    write_csv,
+)
 from .scheduler import check_recorded_args, command, is_finished, run_all

@@ -13,6 +13,7 @@ A method list is a YAML file::
       - name: balanced_softmax_decoupled
         config: projects/BALMS/configs/balanced_softmax_decoupled_R_18_FPN_demo.yaml
         overrides: [MODEL.WEIGHTS, "{balms_stage1}/model_final.pth"]
+        baseline: [balms_stage1]   # optional: also tabulate the per-seed difference to these
 
 ``{name}`` in an override is the output folder of method ``name`` for the same seed; the run
 waits for that one (``depends_on: [name, ...]`` adds dependencies without a placeholder).
@@ -43,7 +44,7 @@ __all__ = [
 
 PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.+-]+)\}")
 LIST_KEYS = {"dataset", "split", "overrides", "methods"}
-METHOD_KEYS = {"name", "config", "overrides", "depends_on"}
+METHOD_KEYS = {"name", "config", "overrides", "depends_on", "baseline"}
 
 
 class BenchmarkError(ValueError):
@@ -56,6 +57,8 @@ class Method:
     config: str
     overrides: Tuple[str, ...] = ()
     depends_on: Tuple[str, ...] = ()
+    # Methods whose run of the same seed this one is compared with (difference per seed).
+    baseline: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,8 @@ def load_method_list(path: str) -> MethodList:
             raise BenchmarkError(f"{where}: names use letters, digits and _ . + - only")
         depends = entry.get("depends_on") or []
         depends = [depends] if isinstance(depends, str) else list(depends)
+        baseline = entry.get("baseline") or []
+        baseline = [baseline] if isinstance(baseline, str) else list(baseline)
         config = _resolve(str(entry["config"]), base_dir)
         if not os.path.isfile(config):
             raise BenchmarkError(f"{where}: config file {entry['config']} not found")
@@ -134,6 +139,7 @@ def load_method_list(path: str) -> MethodList:
                 config=config,
                 overrides=_overrides(entry.get("overrides"), where),
                 depends_on=tuple(str(d) for d in depends),
+                baseline=tuple(str(b) for b in baseline),
             )
         )
     dataset = data.get("dataset") or ""
@@ -167,6 +173,12 @@ def _check_dependencies(method_list: MethodList):
             raise BenchmarkError(f"{method_list.path}: method {m.name!r} is listed twice")
         by_name[m.name] = m
     for m in method_list.methods:
+        for b in m.baseline:
+            if b not in by_name or b == m.name:
+                raise BenchmarkError(
+                    f"{method_list.path}: method {m.name!r} has baseline {b!r}, which is "
+                    + ("itself" if b == m.name else "not a method of the list")
+                )
         for d in dependencies(m):
             if d not in by_name:
                 raise BenchmarkError(

@@ -15,7 +15,9 @@ __all__ = [
     "read_metrics",
     "metrics_file",
     "aggregate",
+    "paired_differences",
     "markdown_table",
+    "markdown_paired_table",
     "write_csv",
     "plot_groups",
 ]
@@ -102,6 +104,39 @@ def aggregate(results):
     return table
 
 
+def paired_differences(by_seed, pairs):
+    """
+    The difference of each method to its baseline run of the same seed. A seed fixes the data
+    order and the initialisation shared by the methods, which move together from seed to seed;
+    their per-seed difference varies far less than either, so it is what tells a method from its
+    baseline with few seeds.
+
+    Args:
+        by_seed: {method: {seed: metrics dict}} of the finished runs.
+        pairs: [(method, baseline)] in table order.
+    Returns:
+        {(method, baseline): {"n": seeds both finished, "<task>/<key>": (mean, std)}} of
+        method - baseline over those seeds (std with n - 1; NaN with one seed).
+    """
+    table = {}
+    for method, baseline in pairs:
+        ours, theirs = by_seed.get(method, {}), by_seed.get(baseline, {})
+        seeds = sorted(set(ours) & set(theirs))
+        row = {"n": len(seeds)}
+        for task in TASKS:
+            for key in SUMMARY_KEYS:
+                name = f"{task}/{key}"
+                diff = np.array(
+                    [ours[s].get(name, np.nan) - theirs[s].get(name, np.nan) for s in seeds], float
+                )
+                diff = diff[np.isfinite(diff)]
+                mean = float(diff.mean()) if len(diff) else float("nan")
+                std = float(diff.std(ddof=1)) if len(diff) > 1 else float("nan")
+                row[name] = (mean, std)
+        table[(method, baseline)] = row
+    return table
+
+
 def _tasks(table):
     """The tasks with at least one number (a box-only model has no segm columns)."""
     return [
@@ -128,6 +163,27 @@ def markdown_table(table, caption=""):
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     return (caption + "\n\n" + text) if caption else text
+
+
+def markdown_paired_table(table, caption=""):
+    """One row per (method, baseline): seeds both finished, then mean ± std over seeds of the
+    per-seed difference method - baseline of AP, APr, APc, APf per task."""
+    tasks = _tasks(table) if table else ["segm", "bbox"]
+    header = ["method - baseline", "seeds"]
+    header += [f"{TASK_TITLES[t]} {k}" for t in tasks for k in SUMMARY_KEYS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (method, baseline), row in table.items():
+        cells = [f"{method} - {baseline}", str(row["n"])]
+        cells += [_signed_cell(*row[f"{t}/{k}"]) for t in tasks for k in SUMMARY_KEYS]
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    return (caption + "\n\n" + text) if caption else text
+
+
+def _signed_cell(mean, std):
+    if not math.isfinite(mean):
+        return "–"
+    return f"{mean:+.1f}" if not math.isfinite(std) else f"{mean:+.1f} ± {std:.1f}"
 
 
 def write_csv(table, path):
