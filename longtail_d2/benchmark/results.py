@@ -107,9 +107,9 @@ def aggregate(results):
 def paired_differences(by_seed, pairs):
     """
     The difference of each method to its baseline run of the same seed. A seed fixes the data
-    order and the initialisation shared by the methods, which move together from seed to seed;
-    their per-seed difference varies far less than either, so it is what tells a method from its
-    baseline with few seeds.
+    order (for the same sampler) and the initial weights of the layers the methods share, so
+    their results move together from seed to seed; the per-seed difference varies far less than
+    either, which is what tells a method from its baseline with few seeds.
 
     Args:
         by_seed: {method: {seed: metrics dict}} of the finished runs.
