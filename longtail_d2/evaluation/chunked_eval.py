@@ -19,6 +19,7 @@ from .detections import Detections
 
 __all__ = [
     "ground_truth_api",
+    "annotation_area",
     "detection_area",
     "precision_per_category",
     "mean_valid",
@@ -37,6 +38,11 @@ def _quiet(*_args, **_kwargs):
     pass
 
 
+def annotation_area(ann: dict) -> float:
+    """An annotation's ``area``; absent from some COCO-style files: the box area."""
+    return float(ann["area"]) if "area" in ann else float(ann["bbox"][2] * ann["bbox"][3])
+
+
 def ground_truth_api(gt: dict) -> COCO:
     """faster-coco-eval's COCO object over ``gt``. Images and categories are shared, not
     copied; annotations are shallow copies because faster-coco-eval writes into them
@@ -44,8 +50,8 @@ def ground_truth_api(gt: dict) -> COCO:
     api = COCO(print_function=_quiet)
     anns = [dict(a) for a in gt["annotations"]]
     for a in anns:
-        if "area" not in a:  # absent from some COCO-style files: the box area
-            a["area"] = float(a["bbox"][2] * a["bbox"][3])
+        if "area" not in a:
+            a["area"] = annotation_area(a)
     api.dataset = {"images": gt["images"], "annotations": anns, "categories": gt["categories"]}
     api.createIndex()
     return api
