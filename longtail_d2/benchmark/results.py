@@ -81,6 +81,15 @@ def read_metrics(output_dir, dataset):
     }
 
 
+def _mean_std(values):
+    """(mean, sample std with n - 1) of the finite values; NaN where undefined."""
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    mean = float(values.mean()) if len(values) else float("nan")
+    std = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+    return mean, std
+
+
 def aggregate(results):
     """
     Args:
@@ -95,11 +104,8 @@ def aggregate(results):
         row = {"n": len(runs)}
         for task in TASKS:
             for key in SUMMARY_KEYS:
-                values = np.array([r.get(f"{task}/{key}", float("nan")) for r in runs], float)
-                values = values[np.isfinite(values)]
-                mean = float(values.mean()) if len(values) else float("nan")
-                std = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
-                row[f"{task}/{key}"] = (mean, std)
+                values = [r.get(f"{task}/{key}", float("nan")) for r in runs]
+                row[f"{task}/{key}"] = _mean_std(values)
         table[method] = row
     return table
 
@@ -126,13 +132,8 @@ def paired_differences(by_seed, pairs):
         for task in TASKS:
             for key in SUMMARY_KEYS:
                 name = f"{task}/{key}"
-                diff = np.array(
-                    [ours[s].get(name, np.nan) - theirs[s].get(name, np.nan) for s in seeds], float
-                )
-                diff = diff[np.isfinite(diff)]
-                mean = float(diff.mean()) if len(diff) else float("nan")
-                std = float(diff.std(ddof=1)) if len(diff) > 1 else float("nan")
-                row[name] = (mean, std)
+                diff = [ours[s].get(name, np.nan) - theirs[s].get(name, np.nan) for s in seeds]
+                row[name] = _mean_std(diff)
         table[(method, baseline)] = row
     return table
 
