@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 """A stand-in for train_net.py in tests/test_benchmark_tool.py: no training, only what the
-benchmark runner reads. Parses ``--config-file C [--resume] KEY VALUE ...``, appends its argv to
+benchmark runner reads. Parses its argv with train_net.py's parser (detectron2's
+``default_argument_parser``: options after the first KEY belong to the overrides, so a
+misplaced ``--resume`` fails as it would in train_net.py), appends its argv to
 $FAKE_TRAIN_CALLS, fails if MODEL.WEIGHTS names a missing file, and writes OUTPUT_DIR/
 model_final.pth and inference/<dataset>/metrics.json for each dataset of $FAKE_TRAIN_DATASETS
 (comma-separated) with segm/APr = 10 + 2 * SEED, segm/APc = 20 + SEED, every other value 30.
@@ -9,8 +11,12 @@ import json
 import os
 import sys
 
+from detectron2.engine import default_argument_parser
+
 args = sys.argv[1:]
-opts = [a for a in args if a != "--resume"][2:]
+opts = default_argument_parser().parse_args(args).opts
+if len(opts) % 2:
+    sys.exit(f"error: command-line override: odd length: {opts}")
 kv = dict(zip(opts[::2], opts[1::2]))
 with open(os.environ["FAKE_TRAIN_CALLS"], "a") as f:
     f.write(json.dumps(args) + "\n")

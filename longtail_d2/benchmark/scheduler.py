@@ -37,9 +37,10 @@ def is_finished(output_dir, dataset):
 
 
 def command(run, train_script):
-    """The run's argv; ``--resume`` when its folder has a checkpoint to continue from."""
+    """The run's argv; ``--resume`` when its folder has a checkpoint to continue from. It goes
+    before the arguments: after the first KEY, train_net.py reads everything as overrides."""
     resume = os.path.isfile(os.path.join(run.output_dir, "last_checkpoint"))
-    return [sys.executable, train_script] + run.args + (["--resume"] if resume else [])
+    return [sys.executable, train_script] + (["--resume"] if resume else []) + run.args
 
 
 def check_recorded_args(runs):
