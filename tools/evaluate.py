@@ -9,10 +9,14 @@ logs the same tables and writes the same files as training's evaluation.
         --dataset longtail_synth_val --config-file configs/Tiny/mask_rcnn_R_18_FPN_demo.yaml
     python tools/evaluate.py results.json --gt datasets/lvis/lvis_v1_val.json --protocol lvis
     python tools/evaluate.py results.json --gt val.json --protocol both --dets-per-category 10000
+    python tools/evaluate.py results.json --gt val.json --bootstrap 100   # + evaluation noise
 
 Protocol, per-image cap and AP-fixed budget default to the config's TEST.EVALUATOR,
-TEST.LVIS_MAX_DETS_PER_IMAGE and TEST.DETS_PER_CATEGORY. Bad input stops with one line
-``error: ...`` before anything is written.
+TEST.LVIS_MAX_DETS_PER_IMAGE and TEST.DETS_PER_CATEGORY. ``--bootstrap N`` adds, per task,
+the std of the LVIS metrics over N resamples of the evaluation images
+(:mod:`longtail_d2.evaluation.bootstrap`), logged as a table and written to ``bootstrap.json``
+beside the other reports. Bad input stops with one line ``error: ...`` before anything is
+written.
 """
 
 import argparse
@@ -20,13 +24,19 @@ import logging
 import os
 import sys
 
+from tabulate import tabulate
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from longtail_d2.data import DatasetError  # noqa: E402
 from longtail_d2.engine.setup import ConfigError, load_config, prepare_run  # noqa: E402
+from longtail_d2.evaluation.bootstrap import bootstrap_lvis_metrics  # noqa: E402
 from longtail_d2.evaluation.detections import ResultsError, load_results_json  # noqa: E402
 from longtail_d2.evaluation.lvis_evaluator import evaluate_and_report  # noqa: E402
-from longtail_d2.evaluation.protocols import EvalGroundTruth  # noqa: E402
+from longtail_d2.evaluation.protocols import EvalGroundTruth, choose_protocols  # noqa: E402
+from longtail_d2.evaluation.reports import dump_json  # noqa: E402
+
+BOOTSTRAP_FILE = "bootstrap.json"
 
 
 def parse_args(argv=None):
@@ -42,6 +52,8 @@ def parse_args(argv=None):
     add("--max-dets-per-image", type=int, help="default: TEST.LVIS_MAX_DETS_PER_IMAGE")
     add("--dets-per-category", type=int, help="AP-fixed / pool K; default: TEST.DETS_PER_CATEGORY")
     add("--output", help="folder of the reports (default: <results folder>/evaluate)")
+    add("--bootstrap", type=int, metavar="N", help="std of the LVIS metrics over N >= 2 resamples")
+    add("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap's image draws")
     add("opts", nargs="*", help="config overrides KEY VALUE ...")
     return parser.parse_intermixed_args(argv)
 
@@ -69,8 +81,44 @@ def _ground_truth(args):
     return cfg, EvalGroundTruth.from_dataset(args.dataset)
 
 
+def _check_bootstrap_protocol(protocol, gt):
+    """--bootstrap resamples the LVIS protocol's numbers (reported under the task's key, i.e.
+    the first protocol): a one-line error where that is COCO's."""
+    protocols, reason = choose_protocols(protocol, gt)
+    if protocols[0] != "lvis":
+        raise ValueError(
+            f"--bootstrap resamples the LVIS protocol only, and {gt.name} is scored with the "
+            f"{protocols[0]} protocol ({reason}); pass --protocol lvis or both"
+        )
+
+
+def bootstrap_table(boot: dict) -> str:
+    """metric | full-data value | std over the resamples | resamples where it is nan."""
+    n = boot["num_samples"]
+    rows = [[key, m["value"], m["std"], m["num_nan"]] for key, m in boot["metrics"].items()]
+    headers = ["metric", "value", f"bootstrap std ({n} resamples)", "nan resamples"]
+    return tabulate(rows, headers=headers, floatfmt=".2f", tablefmt="pipe")
+
+
+def run_bootstrap(gt, dets, tasks, args, output, max_dets, logger):
+    """Per task, the image bootstrap of the LVIS metrics: logged, written to bootstrap.json."""
+    out = {}
+    for task in tasks:
+        out[task] = bootstrap_lvis_metrics(
+            gt.lvis_gt, dets, task, args.bootstrap, args.bootstrap_seed, max_dets
+        )
+        logger.info(
+            f"Evaluation noise of {task} on {gt.name} (image bootstrap, seed "
+            f"{args.bootstrap_seed}):\n" + bootstrap_table(out[task])
+        )
+    dump_json(out, os.path.join(output, BOOTSTRAP_FILE))
+    return out
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.bootstrap is not None and args.bootstrap < 2:
+        sys.exit(f"error: --bootstrap {args.bootstrap}: needs N >= 2 resamples (a std)")
     from detectron2.utils.logger import setup_logger
 
     logger = setup_logger(name="longtail_d2", abbrev_name="lt")
@@ -84,6 +132,9 @@ def main(argv=None):
         folder = os.path.dirname(os.path.abspath(args.results))
         output = args.output or os.path.join(folder, "evaluate")
         per_category = args.dets_per_category
+        max_dets = args.max_dets_per_image or cfg.TEST.LVIS_MAX_DETS_PER_IMAGE
+        if args.bootstrap:
+            _check_bootstrap_protocol("" if protocol == "auto" else protocol, gt)
         results, _ = evaluate_and_report(
             gt,
             dets,
@@ -91,9 +142,11 @@ def main(argv=None):
             "" if protocol == "auto" else protocol,
             output,
             logging.getLogger("longtail_d2.evaluate"),
-            max_dets_per_image=args.max_dets_per_image or cfg.TEST.LVIS_MAX_DETS_PER_IMAGE,
+            max_dets_per_image=max_dets,
             dets_per_category=cfg.TEST.DETS_PER_CATEGORY if per_category is None else per_category,
         )
+        if args.bootstrap:
+            run_bootstrap(gt, dets, tasks, args, output, max_dets, logger)
     except (ResultsError, DatasetError, ConfigError, ValueError, OSError) as e:
         sys.exit("error: " + " ".join(str(e).split()))
     logger.info(f"reports written to {output}")
