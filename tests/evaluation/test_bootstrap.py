@@ -53,7 +53,8 @@ def _duplicated_by_hand(gt, dets, index):
         for a in gt["annotations"]:
             if a["image_id"] == src["id"]:
                 anns.append(dict(copy.deepcopy(a), id=len(anns) + 1, image_id=new_id))
-        out_dets += [dict(copy.deepcopy(d), image_id=new_id) for d in dets if d["image_id"] == src["id"]]
+        mine = [d for d in dets if d["image_id"] == src["id"]]
+        out_dets += [dict(copy.deepcopy(d), image_id=new_id) for d in mine]
     return dict(gt, images=images, annotations=anns), out_dets
 
 
@@ -128,8 +129,13 @@ def test_nan_resamples_are_left_out_and_counted(case, monkeypatch):
     """A stub scorer: APr is nan in two resamples (no rare image drawn)."""
     gt, _, arrays = case
     full = {"AP": 40.0, "APr": 10.0}
-    per = [{"AP": 41.0, "APr": 12.0}, {"AP": 38.0, "APr": math.nan}, {"AP": 43.0, "APr": 9.0},
-           {"AP": 39.5, "APr": math.nan}, {"AP": 40.5, "APr": 14.0}]
+    per = [
+        {"AP": 41.0, "APr": 12.0},
+        {"AP": 38.0, "APr": math.nan},
+        {"AP": 43.0, "APr": 9.0},
+        {"AP": 39.5, "APr": math.nan},
+        {"AP": 40.5, "APr": 14.0},
+    ]
     calls = iter([full] + per)
     monkeypatch.setattr(bootstrap, "evaluate_lvis", lambda *a, **k: (next(calls), {}))
     out = bootstrap_lvis_metrics(gt, arrays, "bbox", 5, seed=0)
@@ -166,7 +172,8 @@ def test_evaluate_tool_rejects_bad_bootstrap_before_writing(case, tmp_path, caps
     assert not out.exists()
     # The COCO protocol has no bootstrap: one line, nothing written (in process: no second start).
     main = runpy.run_path(EVALUATE, run_name="evaluate_tool")["main"]
-    argv = [results, "--gt", gt_file, "--protocol", "coco", "--bootstrap", "3", "--output", str(out)]
+    argv = [results, "--gt", gt_file, "--protocol", "coco", "--bootstrap", "3"]
+    argv += ["--output", str(out)]
     with pytest.raises(SystemExit) as e:
         main(argv)
     message = str(e.value.code)
@@ -178,9 +185,9 @@ def test_evaluate_tool_writes_bootstrap_json(case, tmp_path):
     gt, dets, _ = case
     gt_file, results = _write_case(tmp_path, gt, dets)
     out = tmp_path / "out"
+    args = [results, "--gt", gt_file, "--bootstrap", "5", "--bootstrap-seed", "3"]
     proc = subprocess.run(
-        [sys.executable, EVALUATE, results, "--gt", gt_file, "--bootstrap", "5",
-         "--bootstrap-seed", "3", "--output", str(out)],
+        [sys.executable, EVALUATE, *args, "--output", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
