@@ -21,7 +21,13 @@ from .detections import Detections, PredictionWriter, merge_predictions, write_r
 from .protocols import EvalGroundTruth, choose_protocols, describe, evaluate_detections
 from .reports import frequency_group_table, write_reports
 
-__all__ = ["LongTailLVISEvaluator", "LongTailEvaluator", "build_longtail_evaluator", "RESULTS_FILE"]
+__all__ = [
+    "LongTailLVISEvaluator",
+    "LongTailEvaluator",
+    "build_longtail_evaluator",
+    "detection_cap_warning",
+    "RESULTS_FILE",
+]
 
 RESULTS_FILE = "instances_results.json"
 PREDICTIONS_FOLDER = "predictions"
@@ -186,9 +192,28 @@ def evaluate_and_report(
     return OrderedDict(results), rows
 
 
+def detection_cap_warning(cfg):
+    """The warning (a string) when the model keeps fewer detections per image
+    (TEST.DETECTIONS_PER_IMAGE) than the LVIS protocol scores (TEST.LVIS_MAX_DETS_PER_IMAGE),
+    else None. The model's cap keeps the best scores over all classes, so it cuts the
+    low-scoring ones first: often the rare classes of a sigmoid model."""
+    model_cap, protocol_cap = cfg.TEST.DETECTIONS_PER_IMAGE, cfg.TEST.LVIS_MAX_DETS_PER_IMAGE
+    if cfg.TEST.EVALUATOR == "coco" or model_cap >= protocol_cap:
+        return None  # COCO's protocol scores 100 per image
+    return (
+        f"TEST.DETECTIONS_PER_IMAGE {model_cap} is below TEST.LVIS_MAX_DETS_PER_IMAGE "
+        f"{protocol_cap}: the lowest-scoring detections of each image, often rare classes', "
+        f"are cut before the LVIS evaluation (LVIS configs use {protocol_cap})"
+    )
+
+
 def build_longtail_evaluator(cfg, dataset_name, output_folder=None):
     """The evaluator of ``cfg`` (TEST.EVALUATOR, TEST.LVIS_MAX_DETS_PER_IMAGE,
-    TEST.DETS_PER_CATEGORY, MODEL.MASK_ON) for one dataset."""
+    TEST.DETS_PER_CATEGORY, MODEL.MASK_ON) for one dataset; warns when the model's per-image
+    cap is below the protocol's (:func:`detection_cap_warning`)."""
+    warning = detection_cap_warning(cfg)
+    if warning:
+        logging.getLogger(__name__).warning(warning)
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
     return LongTailLVISEvaluator(

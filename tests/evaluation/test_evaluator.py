@@ -202,3 +202,31 @@ def test_offline_evaluation_equals_the_evaluator(tmp_path):
         for key in ("bbox/AP", "segm/AP"):
             assert (a[key] is None and b[key] is None) or abs(a[key] - b[key]) <= 1e-9
     assert (offline / "per_category_ap.csv").exists() and (offline / "summary.txt").exists()
+
+
+def test_model_cap_below_the_lvis_protocol_warns(tmp_path, caplog):
+    """TEST.DETECTIONS_PER_IMAGE < TEST.LVIS_MAX_DETS_PER_IMAGE cuts low-scoring (rare) classes
+    before the LVIS evaluation: the evaluator's builder says so; not at 300, not for COCO."""
+    from detectron2.config import get_cfg
+
+    from longtail_d2.config import add_longtail_config
+    from longtail_d2.evaluation import build_longtail_evaluator
+    from longtail_d2.evaluation.lvis_evaluator import detection_cap_warning
+
+    cfg = add_longtail_config(get_cfg())
+    cfg.TEST.DETECTIONS_PER_IMAGE = 100  # detectron2's default
+    message = detection_cap_warning(cfg)
+    assert "TEST.DETECTIONS_PER_IMAGE 100" in message and "LVIS_MAX_DETS_PER_IMAGE 300" in message
+    cfg.TEST.EVALUATOR = "coco"
+    assert detection_cap_warning(cfg) is None
+    cfg.TEST.EVALUATOR = ""
+    cfg.TEST.DETECTIONS_PER_IMAGE = 300
+    assert detection_cap_warning(cfg) is None
+
+    register_longtail_dataset(
+        "ev_cap", write_json(tmp_path / "a.json", coco_dict()), write_images(tmp_path / "images")
+    )
+    cfg.TEST.DETECTIONS_PER_IMAGE = 50
+    with caplog.at_level("WARNING", logger="longtail_d2"):
+        build_longtail_evaluator(cfg, "ev_cap", str(tmp_path / "out"))
+    assert any("TEST.DETECTIONS_PER_IMAGE 50" in r.getMessage() for r in caplog.records)
