@@ -5,7 +5,9 @@ benchmark runner reads. Parses its argv with train_net.py's parser (detectron2's
 misplaced ``--resume`` fails as it would in train_net.py), appends its argv to
 $FAKE_TRAIN_CALLS, fails if MODEL.WEIGHTS names a missing file, and writes OUTPUT_DIR/
 model_final.pth and inference/<dataset>/metrics.json for each dataset of $FAKE_TRAIN_DATASETS
-(comma-separated) with segm/APr = 10 + 2 * SEED, segm/APc = 20 + SEED, every other value 30.
+(comma-separated) with segm/APr = 10 + 2 * SEED, segm/APc = 20 + SEED, segm/APf = 30 +
+TEST.DETECTIONS_PER_IMAGE / 100 (0 if not given), every other value 30. With --eval-only it
+writes no model_final.pth (MODEL.WEIGHTS must exist).
 $FAKE_TRAIN_FAIL=<seed> makes that seed exit 1 before writing anything."""
 import json
 import os
@@ -14,7 +16,8 @@ import sys
 from detectron2.engine import default_argument_parser
 
 args = sys.argv[1:]
-opts = default_argument_parser().parse_args(args).opts
+parsed = default_argument_parser().parse_args(args)
+opts = parsed.opts
 if len(opts) % 2:
     sys.exit(f"error: command-line override: odd length: {opts}")
 kv = dict(zip(opts[::2], opts[1::2]))
@@ -28,11 +31,15 @@ if weights and not os.path.isfile(weights):
     sys.exit(f"error: MODEL.WEIGHTS: {weights} not found")
 out = kv["OUTPUT_DIR"]
 os.makedirs(out, exist_ok=True)
-open(os.path.join(out, "model_final.pth"), "w").close()
+if parsed.eval_only and not weights:
+    sys.exit("error: --eval-only needs MODEL.WEIGHTS")
+if not parsed.eval_only:
+    open(os.path.join(out, "model_final.pth"), "w").close()
 for dataset in os.environ["FAKE_TRAIN_DATASETS"].split(","):
     folder = os.path.join(out, "inference", dataset)
     os.makedirs(folder, exist_ok=True)
     metrics = {f"{t}/{k}": 30.0 for t in ("bbox", "segm") for k in ("AP", "APr", "APc", "APf")}
     metrics.update({"segm/APr": 10.0 + 2 * seed, "segm/APc": 20.0 + seed})
+    metrics["segm/APf"] = 30.0 + float(kv.get("TEST.DETECTIONS_PER_IMAGE", 0)) / 100
     with open(os.path.join(folder, "metrics.json"), "w") as f:
         json.dump(metrics, f)

@@ -222,6 +222,50 @@ def test_folder_started_with_other_arguments_is_an_error(tmp_path, stub_env):
         tool.main(argv)
 
 
+def test_rescore_evaluates_finished_runs_again_without_training(tmp_path, stub_env, capsys):
+    """--rescore FROM: train_net.py --eval-only on each finished run's model_final.pth with the
+    run's own arguments plus the overrides, into --output; unfinished runs are left out; the
+    table is of the new evaluation; a second call starts nothing."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    lst = _write_list(
+        tmp_path / "l.yaml",
+        [
+            {"name": "s1", "config": INSTANT, "overrides": ["SOLVER.BASE_LR", "0.001"]},
+            {"name": "s2", "config": INSTANT, "overrides": ["MODEL.WEIGHTS", "{s1}/model_final.pth"]},
+        ],
+    )
+    tool = _tool()
+    assert tool.main([lst, "--output", str(src), "--train-script", STUB, "--seeds", "0"]) == 0
+    trained = {_opt(c, "OUTPUT_DIR"): c for c in _calls(stub_env)}
+    with pytest.raises(tool.BenchmarkError, match="give another --output"):
+        tool.main([lst, "--rescore", str(src), "--output", str(src), "--train-script", STUB])
+
+    argv = [lst, "TEST.DETECTIONS_PER_IMAGE", "300", "--rescore", str(src), "--output", str(out)]
+    argv += ["--seeds", "0", "1", "--train-script", STUB]
+    assert tool.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"# s1 seed 1: not finished in {src}, left out" in printed
+    calls = _calls(stub_env)[2:]
+    assert len(calls) == 2 and all(c[0] == "--eval-only" for c in calls)
+    for call in calls:
+        method = "s1" if "s1" in _opt(call, "OUTPUT_DIR") else "s2"
+        source = trained[str(src / method / "seed0")]
+        # the source run's arguments, its model, the overrides, the new folder
+        assert call[1:-4] == source[:-4] + [
+            "MODEL.WEIGHTS", str(src / method / "seed0" / "model_final.pth"),
+            "TEST.DETECTIONS_PER_IMAGE", "300",
+        ]
+        assert call[-4:] == ["OUTPUT_DIR", str(out / method / "seed0"), "SEED", "0"]
+        assert not (out / method / "seed0" / "model_final.pth").exists()
+    with open(out / "benchmark.csv") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert float(rows["s2"]["segm/APf mean"]) == 33.0  # the stub: 30 + 300 / 100
+    assert rows["s2"]["seeds"] == "1"
+
+    assert tool.main(argv) == 0  # finished: skipped
+    assert len(_calls(stub_env)) == 4
+
+
 def test_end_to_end_train_net_on_val_and_test(tmp_path, datasets_root):
     """Two iterations of the instant config through train_net.py, on a dataset preset (a
     config whose DATASETS node every run takes) with a held-out test split."""

@@ -9,12 +9,17 @@ over seeds of AP, APr, APc, APf (mask and box).
     python tools/benchmark.py benchmarks/methods_demo.yaml --methods softmax eql --seeds 0 1 2 3 4
     python tools/benchmark.py benchmarks/methods_demo.yaml --dry-run       # print the commands
     python tools/benchmark.py benchmarks/methods_demo.yaml SOLVER.MAX_ITER 100 --output out/short
+    # score the finished runs of output/a again with other TEST keys, without training
+    python tools/benchmark.py benchmarks/methods_demo.yaml --rescore output/a --output output/b \
+        TEST.DETECTIONS_PER_IMAGE 300
 
 Each run is `train_net.py --config-file <method config> ... OUTPUT_DIR <output>/<method>/seed<k>
 SEED k` in its own process (log in <output>/logs/); the dataset is the same for every seed. A
 run whose folder holds model_final.pth and its evaluation is skipped, one with a checkpoint is
 resumed: stop the command at any time and run it again to continue. At the end (and with
---table-only) it writes <output>/benchmark.md, benchmark.csv and benchmark.png.
+--table-only) it writes <output>/benchmark.md, benchmark.csv and benchmark.png. With --rescore
+FROM, each finished run of FROM (same list, dataset and seeds) is evaluated again
+(train_net.py --eval-only on its model_final.pth) with the overrides into --output.
 The method list format is described in longtail_d2/benchmark/methods.py.
 """
 import argparse
@@ -36,6 +41,7 @@ from longtail_d2.benchmark import (  # noqa: E402
     markdown_paired_table,
     markdown_table,
     paired_differences,
+    plan_rescoring,
     plan_runs,
     plot_groups,
     quiet,
@@ -74,6 +80,13 @@ def parse_args(argv=None):
     p.add_argument("--gpus", default="", help="e.g. 0,1: runs take these GPUs in turn")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--table-only", action="store_true", help="tabulate finished runs only")
+    p.add_argument(
+        "--rescore",
+        default=None,
+        metavar="FROM",
+        help="evaluate the finished runs of FROM again (no training) with the overrides, "
+        "into --output",
+    )
     # Tests replace train_net.py with a stub.
     p.add_argument(
         "--train-script", default=os.path.join(REPO, "train_net.py"), help=argparse.SUPPRESS
@@ -119,16 +132,29 @@ def main(argv=None):
         "output", "benchmark", os.path.splitext(os.path.basename(args.method_list))[0]
     )
     methods = select_methods(method_list, args.methods)
-    runs = plan_runs(methods, args.seeds, root, head=head, tail=args.opts)
     split = args.split or method_list.split
-    split = _validate(runs, SPLITS.get(split, split))
+    split = SPLITS.get(split, split)
+    if args.rescore:
+        if args.output is None or os.path.abspath(args.output) == os.path.abspath(args.rescore):
+            raise BenchmarkError(f"--rescore {args.rescore}: give another --output folder")
+        sources = plan_runs(methods, args.seeds, args.rescore, head=head)
+        split = _validate(sources, split)
+        check_recorded_args(sources)
+        for src in sources:
+            if not is_finished(src.output_dir, split):
+                print(f"# {src.method} seed {src.seed}: not finished in {args.rescore}, left out")
+        finished = [src for src in sources if is_finished(src.output_dir, split)]
+        runs = plan_rescoring(finished, root, tail=args.opts)
+    else:
+        runs = plan_runs(methods, args.seeds, root, head=head, tail=args.opts)
+    split = _validate(runs, split)
     check_recorded_args(runs)
     jobs = args.jobs or max(1, (os.cpu_count() or 1) // args.threads)
     gpus = [g for g in args.gpus.split(",") if g]
 
     if args.dry_run:
         for run in runs:
-            state = "finished" if is_finished(run.output_dir, split) else "to run"
+            state = "finished" if is_finished(run.output_dir, split, run.final_model) else "to run"
             print(f"# {run.method} seed {run.seed} ({state})")
             print(f"OMP_NUM_THREADS={args.threads} " + shlex.join(command(run, args.train_script)))
         return 0
@@ -145,7 +171,7 @@ def main(argv=None):
         failed = {k: s for k, s in status.items() if s.startswith("failed")}
     by_seed = {m.name: {} for m in methods}
     for run in runs:
-        if is_finished(run.output_dir, split):
+        if is_finished(run.output_dir, split, run.final_model):
             by_seed[run.method][run.seed] = read_metrics(run.output_dir, split)
     table = aggregate({m: list(runs_of.values()) for m, runs_of in by_seed.items()})
     given = argv if argv is not None else sys.argv[1:]

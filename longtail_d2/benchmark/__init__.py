@@ -8,6 +8,7 @@ from .methods import (
     Run,
     dataset_overrides,
     load_method_list,
+    plan_rescoring,
     plan_runs,
     quiet,
     select_methods,

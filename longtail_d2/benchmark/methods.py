@@ -38,6 +38,7 @@ __all__ = [
     "load_method_list",
     "dataset_overrides",
     "plan_runs",
+    "plan_rescoring",
     "select_methods",
     "dependencies",
 ]
@@ -78,10 +79,18 @@ class Run:
     # Arguments after the training script (without --resume, which depends on the folder).
     args: List[str]
     depends_on: List[Tuple[str, int]] = field(default_factory=list)
+    # Evaluation only (train_net.py --eval-only) of the checkpoint ``model``.
+    eval_only: bool = False
+    model: str = ""
 
     @property
     def key(self):
         return (self.method, self.seed)
+
+    @property
+    def final_model(self):
+        """The checkpoint the run's evaluation must not be older than."""
+        return self.model or os.path.join(self.output_dir, "model_final.pth")
 
 
 def _overrides(value, where):
@@ -274,4 +283,19 @@ def plan_runs(methods, seeds, root, head=(), tail=()):
             args = ["--config-file", m.config, *head, *map(fill, m.overrides), *tail]
             args += ["OUTPUT_DIR", out, "SEED", str(seed)]
             runs.append(Run(m.name, seed, out, args, [(d, seed) for d in dependencies(m)]))
+    return runs
+
+
+def plan_rescoring(source_runs, root, tail=()):
+    """Evaluation-only runs: each source run's model_final.pth scored again with its own
+    arguments plus the ``tail`` overrides (e.g. another TEST key) into ``root/<method>/seed<k>``.
+    No training, so no dependencies."""
+    runs = []
+    for src in source_runs:
+        assert src.args[-4::2] == ["OUTPUT_DIR", "SEED"], src.args
+        out = os.path.join(root, src.method, f"seed{src.seed}")
+        model = os.path.join(src.output_dir, "model_final.pth")
+        args = src.args[:-4] + ["MODEL.WEIGHTS", model, *tail, "OUTPUT_DIR", out]
+        args += ["SEED", str(src.seed)]
+        runs.append(Run(src.method, src.seed, out, args, eval_only=True, model=model))
     return runs

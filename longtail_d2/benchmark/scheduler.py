@@ -24,10 +24,11 @@ def format_duration(seconds):
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-def is_finished(output_dir, dataset):
-    """Trained to the end and evaluated on ``dataset`` after that: model_final.pth exists and the
-    metrics are not older than it (an evaluation at TEST.EVAL_PERIOD does not count)."""
-    final = os.path.join(output_dir, "model_final.pth")
+def is_finished(output_dir, dataset, model=None):
+    """Trained to the end and evaluated on ``dataset`` after that: the final checkpoint
+    (``model``, default output_dir/model_final.pth) exists and the metrics are not older than it
+    (an evaluation at TEST.EVAL_PERIOD does not count)."""
+    final = model or os.path.join(output_dir, "model_final.pth")
     metrics = metrics_file(output_dir, dataset)
     return (
         os.path.isfile(final)
@@ -37,10 +38,15 @@ def is_finished(output_dir, dataset):
 
 
 def command(run, train_script):
-    """The run's argv; ``--resume`` when its folder has a checkpoint to continue from. It goes
-    before the arguments: after the first KEY, train_net.py reads everything as overrides."""
-    resume = os.path.isfile(os.path.join(run.output_dir, "last_checkpoint"))
-    return [sys.executable, train_script] + (["--resume"] if resume else []) + run.args
+    """The run's argv: ``--eval-only`` for a rescoring run, ``--resume`` when the folder has a
+    checkpoint to continue from. Flags go before the arguments: after the first KEY,
+    train_net.py reads everything as overrides."""
+    if run.eval_only:
+        flags = ["--eval-only"]
+    else:
+        resume = os.path.isfile(os.path.join(run.output_dir, "last_checkpoint"))
+        flags = ["--resume"] if resume else []
+    return [sys.executable, train_script] + flags + run.args
 
 
 def check_recorded_args(runs):
@@ -93,7 +99,7 @@ def run_all(runs, train_script, log_dir, dataset, jobs=1, threads=1, gpus=(), po
     Returns:
         {(method, seed): "done" | "skipped" | "failed: <reason>"}.
     """
-    status = {r.key: "skipped" for r in runs if is_finished(r.output_dir, dataset)}
+    status = {r.key: "skipped" for r in runs if is_finished(r.output_dir, dataset, r.final_model)}
     pending = [r for r in runs if r.key not in status]
     progress = _Progress(len(pending), max(1, jobs))
     if not pending:
@@ -128,7 +134,7 @@ def run_all(runs, train_script, log_dir, dataset, jobs=1, threads=1, gpus=(), po
                 free_slots.append(slot)
                 elapsed = time.time() - start
                 progress.done += 1
-                if proc.returncode == 0 and is_finished(run.output_dir, dataset):
+                if proc.returncode == 0 and is_finished(run.output_dir, dataset, run.final_model):
                     status[key] = "done"
                     progress.durations.append(elapsed)
                     message = f"{run.method} seed {run.seed} done in {format_duration(elapsed)}"
@@ -165,7 +171,7 @@ def _start(run, train_script, log_dir, threads, gpus, slot):
         argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
     )
     log.close()
-    resumed = " (resumed)" if "--resume" in argv else ""
+    resumed = " (resumed)" if "--resume" in argv else " (evaluation only)" if run.eval_only else ""
     print(f"start {run.method} seed {run.seed}{resumed}: log {log_path}", flush=True)
     return proc, time.time(), slot, log_path, run
 
