@@ -321,7 +321,7 @@ def test_shipped_method_lists_load(tmp_path, capsys, name):
     methods = {
         "softmax", "softmax_rfs", "sigmoid", "eql", "droploss", "eqlv2", "seesaw",
         "balanced_softmax", "federated", "sigmoid_rfs", "balanced_softmax_decoupled",
-        "balms_decoupled", "softmax_pcb", "fasa",
+        "balms_decoupled", "balms_decoupled_plain", "softmax_pcb", "fasa",
     }
     assert {c.split("OUTPUT_DIR ")[1].split("/")[-2] for c in commands} == methods
     if name == "methods_benchmark.yaml":
