@@ -234,3 +234,51 @@ def _ema(matrix, probs, labels, first, m=0.5):
         row = m * matrix[c] + (1 - m) * mean
         out[c] = row / row.sum()
     return out
+
+
+def test_inference_decodes_the_trained_pass_relative_to_the_proposals(datasets_root):
+    """As the reference: boxes at inference are the last pass's deltas (the pass whose
+    regression is trained, REG_PASS = T - 1) applied to the original proposals, not to boxes
+    refined by earlier passes. Checked through the training loss: the boxes decoded at inference,
+    taken as ground truth of the same RoIs, give zero box loss, while other passes' would not."""
+    cfg, heads = _pcb_roi_heads("softmax_pcb_mask_rcnn_R_18_FPN_instant.yaml")
+    T, reg_pass = cfg.MODEL.ROI_BOX_HEAD.PCB.NUM_PASSES, cfg.MODEL.ROI_BOX_HEAD.PCB.REG_PASS
+    assert reg_pass == T - 1
+    predictor = heads.box_predictor
+    with torch.no_grad():  # deltas large enough that the passes' boxes differ visibly
+        predictor.bbox_pred.weight.normal_(0, 0.05)
+    passes, used = [], []
+    predictor.register_forward_hook(lambda m, i, o: passes.append(o))
+    inference = predictor.inference
+    predictor.inference = lambda preds, props: (used.append(preds), inference(preds, props))[1]
+    channels = heads.pooled_shape[0]
+    g = torch.Generator().manual_seed(0)
+    features = {
+        f: torch.randn(1, channels, 64 // s, 64 // s, generator=g)
+        for f, s in zip(heads.box_in_features, (4, 8, 16, 32))
+    }
+    boxes = Boxes(torch.tensor([[12.0, 12, 30, 34], [20, 16, 44, 40], [26, 24, 50, 46]]))
+    proposals = Instances((64, 64), proposal_boxes=boxes, objectness_logits=torch.zeros(3))
+    heads.eval()
+    with torch.no_grad():
+        (instances,) = heads._forward_box(features, [proposals])
+    assert len(passes) == T and len(used) == 1
+    assert used[0][1] is passes[-1][1]  # the last pass's deltas are decoded
+    # The returned boxes are proposals decoded with those deltas (per class; clipped to 64 x 64).
+    decoded = predictor.predict_boxes(used[0], [proposals])[0].view(3, -1, 4)
+    assert len(instances) > 0
+    for box, c in zip(instances.pred_boxes.tensor, instances.pred_classes):
+        distance = (decoded[:, c].clamp(0, 64) - box).abs().amax(dim=1).min()
+        assert distance < 1e-4
+    # Training on the same RoIs with those boxes as ground truth: the trained pass's box loss is 0.
+    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    gt_classes = torch.tensor([0, 1, num_classes - 1])
+    gt_boxes = Boxes(decoded[torch.arange(3), gt_classes])
+    targets = Instances((64, 64), proposal_boxes=boxes, gt_boxes=gt_boxes, gt_classes=gt_classes)
+    heads.train()
+    passes.clear()
+    with EventStorage(), torch.no_grad():
+        losses = heads._forward_box(features, [targets])
+    assert losses["loss_box_reg"] < 1e-4
+    for t in range(T - 1):  # the untrained passes' deltas would not give these boxes
+        assert predictor.box_loss(passes[t][1], [targets], gt_classes) > 1e-2
