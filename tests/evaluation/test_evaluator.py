@@ -1,4 +1,5 @@
 import json
+import logging
 import math
 import os
 
@@ -227,6 +228,13 @@ def test_model_cap_below_the_lvis_protocol_warns(tmp_path, caplog):
         "ev_cap", write_json(tmp_path / "a.json", coco_dict()), write_images(tmp_path / "images")
     )
     cfg.TEST.DETECTIONS_PER_IMAGE = 50
-    with caplog.at_level("WARNING", logger="longtail_d2"):
-        build_longtail_evaluator(cfg, "ev_cap", str(tmp_path / "out"))
+    # Listen on the module's logger itself: detectron2's setup_logger (called by other tests'
+    # tools) stops "longtail_d2" from propagating to caplog's root handler.
+    logger = logging.getLogger("longtail_d2.evaluation.lvis_evaluator")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("WARNING", logger="longtail_d2.evaluation.lvis_evaluator"):
+            build_longtail_evaluator(cfg, "ev_cap", str(tmp_path / "out"))
+    finally:
+        logger.removeHandler(caplog.handler)
     assert any("TEST.DETECTIONS_PER_IMAGE 50" in r.getMessage() for r in caplog.records)
