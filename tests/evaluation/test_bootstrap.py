@@ -155,29 +155,25 @@ def _write_case(tmp_path, gt, dets):
     return str(gt_file), str(results)
 
 
+def _evaluate(*args, timeout=120):
+    """tools/evaluate.py as a subprocess (in process, its setup_logger would stop "longtail_d2"
+    propagating to later tests' caplog)."""
+    cmd = [sys.executable, EVALUATE, *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
 def test_evaluate_tool_rejects_bad_bootstrap_before_writing(case, tmp_path):
     gt, dets, _ = case
     gt_file, results = _write_case(tmp_path, gt, dets)
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, EVALUATE, results, "--gt", gt_file, "--bootstrap", "1", "--output", out],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _evaluate(results, "--gt", gt_file, "--bootstrap", "1", "--output", out)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and "--bootstrap" in lines[0]
     assert not out.exists()
-    # The COCO protocol has no bootstrap: one line, nothing written. A subprocess too: the tool's
-    # setup_logger in this process would stop "longtail_d2" propagating for later tests.
-    argv = [results, "--gt", gt_file, "--protocol", "coco", "--bootstrap", "3"]
-    proc = subprocess.run(
-        [sys.executable, EVALUATE, *argv, "--output", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    # The COCO protocol has no bootstrap: one line, nothing written.
+    coco = ["--protocol", "coco", "--bootstrap", "3"]
+    proc = _evaluate(results, "--gt", gt_file, *coco, "--output", out)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and lines[-1].startswith("error: --bootstrap"), proc.stderr
     assert "coco" in lines[-1]
@@ -189,12 +185,7 @@ def test_evaluate_tool_writes_bootstrap_json(case, tmp_path):
     gt_file, results = _write_case(tmp_path, gt, dets)
     out = tmp_path / "out"
     args = [results, "--gt", gt_file, "--bootstrap", "5", "--bootstrap-seed", "3"]
-    proc = subprocess.run(
-        [sys.executable, EVALUATE, *args, "--output", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _evaluate(*args, "--output", out, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "bootstrap std (5 resamples)" in proc.stdout + proc.stderr
     with open(out / "bootstrap.json") as f:
