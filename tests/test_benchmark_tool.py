@@ -211,6 +211,18 @@ def test_bad_input_is_one_line_on_the_command_line(tmp_path):
     assert out.stderr.splitlines()[-1] == f"error: {lst}: method 'a' depends on unknown method 'zz'"
 
 
+def test_override_after_methods_is_named(tmp_path, stub_env, capsys):
+    """--methods takes every word after it: an override there is an error naming the key, not
+    'no method SOLVER.MAX_ITER'."""
+    lst = _write_list(tmp_path / "l.yaml", [{"name": "a", "config": INSTANT}])
+    with pytest.raises(SystemExit):
+        _tool().main([lst, "--methods", "a", "SOLVER.MAX_ITER", "5", "--train-script", STUB])
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.endswith("--methods SOLVER.MAX_ITER: a config key, not a method; put KEY VALUE "
+                        "overrides right after the method list")
+    assert not _calls(stub_env)
+
+
 def test_folder_started_with_other_arguments_is_an_error(tmp_path, stub_env):
     root = tmp_path / "out"
     lst = _write_list(tmp_path / "l.yaml", [{"name": "a", "config": INSTANT}])

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""
+r"""
 One command, one table: train and evaluate a list of methods x seeds, then write the mean ± std
 over seeds of AP, APr, APc, APf (mask and box).
 
@@ -24,6 +24,7 @@ The method list format is described in longtail_d2/benchmark/methods.py.
 """
 import argparse
 import os
+import re
 import shlex
 import sys
 
@@ -53,6 +54,8 @@ from longtail_d2.benchmark import (  # noqa: E402
 
 # --split shortcuts for the generated dataset's evaluation splits.
 SPLITS = {"val": "longtail_synth_val", "test": "longtail_synth_test"}
+# A detectron2 config key (SOLVER.MAX_ITER); method names are lower case.
+CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+")
 
 
 def parse_args(argv=None):
@@ -93,6 +96,13 @@ def parse_args(argv=None):
     )
     p.add_argument("opts", nargs="*", help="KEY VALUE overrides for every run")
     args = p.parse_intermixed_args(argv)
+    # --methods takes every word after it, overrides included.
+    keys = [m for m in args.methods if CONFIG_KEY.fullmatch(m)]
+    if keys:
+        p.error(
+            f"--methods {keys[0]}: a config key, not a method; put KEY VALUE overrides right "
+            "after the method list"
+        )
     if len(args.opts) % 2:
         p.error(f"overrides must be KEY VALUE pairs, got {args.opts}")
     if args.threads < 1 or (args.jobs is not None and args.jobs < 1):
