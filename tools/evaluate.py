@@ -10,12 +10,16 @@ logs the same tables and writes the same files as training's evaluation.
     python tools/evaluate.py results.json --gt datasets/lvis/lvis_v1_val.json --protocol lvis
     python tools/evaluate.py results.json --gt val.json --protocol both --dets-per-category 10000
     python tools/evaluate.py results.json --gt val.json --bootstrap 100   # + evaluation noise
+    python tools/evaluate.py results.json --gt val.json --group-recall    # + found per group
 
 Protocol, per-image cap and AP-fixed budget default to the config's TEST.EVALUATOR,
 TEST.LVIS_MAX_DETS_PER_IMAGE and TEST.DETS_PER_CATEGORY. ``--bootstrap N`` adds, per task,
 the std of the LVIS metrics over N resamples of the evaluation images
 (:mod:`longtail_d2.evaluation.bootstrap`), logged as a table and written to ``bootstrap.json``
-beside the other reports. Bad input stops with one line ``error: ...`` before anything is
+beside the other reports. ``--group-recall`` adds, per task and frequency group, the detections
+kept under the per-image cap and the fraction of ground-truth instances that a detection of the
+same category overlaps at IoU >= ``--recall-iou`` (:mod:`longtail_d2.evaluation.group_recall`),
+written to ``group_recall.json``. Bad input stops with one line ``error: ...`` before anything is
 written.
 """
 
@@ -32,11 +36,14 @@ from longtail_d2.data import DatasetError  # noqa: E402
 from longtail_d2.engine.setup import ConfigError, load_config, prepare_run  # noqa: E402
 from longtail_d2.evaluation.bootstrap import bootstrap_lvis_metrics  # noqa: E402
 from longtail_d2.evaluation.detections import ResultsError, load_results_json  # noqa: E402
+from longtail_d2.evaluation.group_recall import GROUP_KEYS, recall_per_group  # noqa: E402
 from longtail_d2.evaluation.lvis_evaluator import evaluate_and_report  # noqa: E402
 from longtail_d2.evaluation.protocols import EvalGroundTruth, choose_protocols  # noqa: E402
 from longtail_d2.evaluation.reports import dump_json  # noqa: E402
 
 BOOTSTRAP_FILE = "bootstrap.json"
+GROUP_RECALL_FILE = "group_recall.json"
+GROUP_NAMES = {"r": "rare", "c": "common", "f": "frequent"}
 
 
 def parse_args(argv=None):
@@ -54,6 +61,8 @@ def parse_args(argv=None):
     add("--output", help="folder of the reports (default: <results folder>/evaluate)")
     add("--bootstrap", type=int, metavar="N", help="std of the LVIS metrics over N >= 2 resamples")
     add("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap's image draws")
+    add("--group-recall", action="store_true", help="detections and instances found per group")
+    add("--recall-iou", type=float, default=0.5, help="--group-recall's overlap (default 0.5)")
     add("opts", nargs="*", help="config overrides KEY VALUE ...")
     return parser.parse_intermixed_args(argv)
 
@@ -115,6 +124,31 @@ def run_bootstrap(gt, dets, tasks, args, output, max_dets, logger):
     return out
 
 
+def group_recall_table(report: dict, iou_thr: float) -> str:
+    """group | instances | found | recall | detections kept | median score of the found."""
+    rows = [
+        [GROUP_NAMES[g], r["instances"], r["found"], 100 * r["recall"], r["detections"],
+         r["median_score"]]
+        for g, r in ((g, report[g]) for g in GROUP_KEYS)
+    ]
+    headers = ["group", "instances", "found", f"recall@{iou_thr:g} %", "detections",
+               "median score found"]
+    return tabulate(rows, headers=headers, floatfmt=(".1f",) * 4 + (".0f", ".3g"), tablefmt="pipe")
+
+
+def run_group_recall(gt, dets, tasks, args, output, max_dets, logger):
+    """Per task, :func:`recall_per_group`: logged, written to group_recall.json."""
+    out = {}
+    for task in tasks:
+        out[task] = recall_per_group(gt.lvis_gt, dets, task, args.recall_iou, max_dets)
+        logger.info(
+            f"Instances found per group, {task} on {gt.name} ({max_dets} detections per image):\n"
+            + group_recall_table(out[task], args.recall_iou)
+        )
+    dump_json(out, os.path.join(output, GROUP_RECALL_FILE))
+    return out
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.bootstrap is not None and args.bootstrap < 2:
@@ -147,6 +181,8 @@ def main(argv=None):
         )
         if args.bootstrap:
             run_bootstrap(gt, dets, tasks, args, output, max_dets, logger)
+        if args.group_recall:
+            run_group_recall(gt, dets, tasks, args, output, max_dets, logger)
     except (ResultsError, DatasetError, ConfigError, ValueError, OSError) as e:
         sys.exit("error: " + " ".join(str(e).split()))
     logger.info(f"reports written to {output}")
