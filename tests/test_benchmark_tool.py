@@ -278,6 +278,21 @@ def test_rescore_evaluates_finished_runs_again_without_training(tmp_path, stub_e
     assert len(_calls(stub_env)) == 4
 
 
+def test_rescore_keeps_the_overrides_a_run_was_made_with(tmp_path, stub_env):
+    """A run trained with command-line overrides is scored again with them (its recorded
+    arguments), though the rescoring command does not repeat them."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    lst = _write_list(tmp_path / "l.yaml", [{"name": "a", "config": INSTANT}])
+    tool = _tool()
+    argv = [lst, "SOLVER.BASE_LR", "0.002", "--output", str(src), "--seeds", "0"]
+    assert tool.main(argv + ["--train-script", STUB]) == 0
+    argv = [lst, "TEST.DETECTIONS_PER_IMAGE", "300", "--rescore", str(src), "--output", str(out)]
+    assert tool.main(argv + ["--seeds", "0", "--train-script", STUB]) == 0
+    trained, rescored = _calls(stub_env)
+    assert rescored[0] == "--eval-only" and _opt(rescored, "SOLVER.BASE_LR") == "0.002"
+    assert rescored[1:-8] == trained[:-4]
+
+
 def test_end_to_end_train_net_on_val_and_test(tmp_path, datasets_root):
     """Two iterations of the instant config through train_net.py, on a dataset preset (a
     config whose DATASETS node every run takes) with a held-out test split."""

@@ -19,7 +19,8 @@ run whose folder holds model_final.pth and its evaluation is skipped, one with a
 resumed: stop the command at any time and run it again to continue. At the end (and with
 --table-only) it writes <output>/benchmark.md, benchmark.csv and benchmark.png. With --rescore
 FROM, each finished run of FROM (same list, dataset and seeds) is evaluated again
-(train_net.py --eval-only on its model_final.pth) with the overrides into --output.
+(train_net.py --eval-only on its model_final.pth) with the arguments it was made with (its
+benchmark_args.json, command-line overrides included) plus the overrides, into --output.
 The method list format is described in longtail_d2/benchmark/methods.py.
 """
 import argparse
@@ -49,6 +50,7 @@ from longtail_d2.benchmark import (  # noqa: E402
     read_metrics,
     run_all,
     select_methods,
+    with_recorded_args,
     write_csv,
 )
 
@@ -147,9 +149,9 @@ def main(argv=None):
     if args.rescore:
         if args.output is None or os.path.abspath(args.output) == os.path.abspath(args.rescore):
             raise BenchmarkError(f"--rescore {args.rescore}: give another --output folder")
-        sources = plan_runs(methods, args.seeds, args.rescore, head=head)
+        # The runs as they were made (command-line overrides included), not as planned now.
+        sources = with_recorded_args(plan_runs(methods, args.seeds, args.rescore, head=head))
         split = _validate(sources, split)
-        check_recorded_args(sources)
         for src in sources:
             if not is_finished(src.output_dir, split):
                 print(f"# {src.method} seed {src.seed}: not finished in {args.rescore}, left out")

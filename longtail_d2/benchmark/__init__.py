@@ -23,4 +23,4 @@ from .results import (
     read_metrics,
     write_csv,
 )
-from .scheduler import check_recorded_args, command, is_finished, run_all
+from .scheduler import check_recorded_args, command, is_finished, run_all, with_recorded_args

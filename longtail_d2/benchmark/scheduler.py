@@ -1,6 +1,7 @@
 """Running benchmark runs as parallel subprocesses: skip the finished, resume the interrupted,
 wait for dependencies, report progress and ETA."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -11,7 +12,14 @@ import time
 from .methods import BenchmarkError
 from .results import metrics_file
 
-__all__ = ["is_finished", "command", "check_recorded_args", "run_all", "format_duration"]
+__all__ = [
+    "is_finished",
+    "command",
+    "check_recorded_args",
+    "with_recorded_args",
+    "run_all",
+    "format_duration",
+]
 
 # Written into each run's folder at launch: the arguments it was started with.
 ARGS_FILE = "benchmark_args.json"
@@ -63,6 +71,19 @@ def check_recorded_args(runs):
                 f"{run.output_dir} was started with other arguments ({path}): use another "
                 "--output or delete that folder"
             )
+
+
+def with_recorded_args(runs):
+    """Each run with the arguments its folder recorded, where it has them: the run as it was
+    made, command-line overrides included (what --rescore scores again)."""
+    out = []
+    for run in runs:
+        path = os.path.join(run.output_dir, ARGS_FILE)
+        if os.path.isfile(path):
+            with open(path) as f:
+                run = dataclasses.replace(run, args=json.load(f))
+        out.append(run)
+    return out
 
 
 class _Progress:
