@@ -39,11 +39,10 @@ from longtail_d2.evaluation.detections import ResultsError, load_results_json  #
 from longtail_d2.evaluation.group_recall import GROUP_KEYS, recall_per_group  # noqa: E402
 from longtail_d2.evaluation.lvis_evaluator import evaluate_and_report  # noqa: E402
 from longtail_d2.evaluation.protocols import EvalGroundTruth, choose_protocols  # noqa: E402
-from longtail_d2.evaluation.reports import dump_json  # noqa: E402
+from longtail_d2.evaluation.reports import GROUP_NAMES, dump_json  # noqa: E402
 
 BOOTSTRAP_FILE = "bootstrap.json"
 GROUP_RECALL_FILE = "group_recall.json"
-GROUP_NAMES = {"r": "rare", "c": "common", "f": "frequent"}
 
 
 def parse_args(argv=None):
@@ -153,6 +152,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.bootstrap is not None and args.bootstrap < 2:
         sys.exit(f"error: --bootstrap {args.bootstrap}: needs N >= 2 resamples (a std)")
+    if not 0 < args.recall_iou <= 1:
+        sys.exit(f"error: --recall-iou {args.recall_iou}: an IoU in (0, 1]")
     from detectron2.utils.logger import setup_logger
 
     logger = setup_logger(name="longtail_d2", abbrev_name="lt")

@@ -118,3 +118,19 @@ def test_evaluate_tool_reports_group_recall(tmp_path):
         report[task]["f"]["median_score"] = math.nan
         _check(report[task], 1, 1, 0.9)
     assert "recall@0.5" in out.stdout + out.stderr
+
+
+def test_recall_iou_out_of_range_is_one_line(tmp_path):
+    gt, results = _case()
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    out = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "evaluate.py"),
+         str(tmp_path / "results.json"), "--gt", str(tmp_path / "gt.json"), "--group-recall",
+         "--recall-iou", "0",
+         "--output", str(tmp_path / "rep")],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[-1] == "error: --recall-iou 0.0: an IoU in (0, 1]"
+    assert not (tmp_path / "rep").exists()
