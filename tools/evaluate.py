@@ -36,7 +36,7 @@ from longtail_d2.data import DatasetError  # noqa: E402
 from longtail_d2.engine.setup import ConfigError, load_config, prepare_run  # noqa: E402
 from longtail_d2.evaluation.bootstrap import bootstrap_lvis_metrics  # noqa: E402
 from longtail_d2.evaluation.detections import ResultsError, load_results_json  # noqa: E402
-from longtail_d2.evaluation.group_recall import GROUP_KEYS, recall_per_group  # noqa: E402
+from longtail_d2.evaluation.group_recall import recall_per_group  # noqa: E402
 from longtail_d2.evaluation.lvis_evaluator import evaluate_and_report  # noqa: E402
 from longtail_d2.evaluation.protocols import EvalGroundTruth, choose_protocols  # noqa: E402
 from longtail_d2.evaluation.reports import GROUP_NAMES, dump_json  # noqa: E402
@@ -125,11 +125,11 @@ def run_bootstrap(gt, dets, tasks, args, output, max_dets, logger):
 
 def group_recall_table(report: dict, iou_thr: float) -> str:
     """group | instances | found | recall | detections kept | median score of the found."""
-    rows = [
-        [GROUP_NAMES[g], r["instances"], r["found"], 100 * r["recall"], r["detections"],
-         r["median_score"]]
-        for g, r in ((g, report[g]) for g in GROUP_KEYS)
-    ]
+    rows = []
+    for g, name in GROUP_NAMES.items():
+        r = report[g]
+        rows.append([name, r["instances"], r["found"], 100 * r["recall"], r["detections"],
+                     r["median_score"]])
     headers = ["group", "instances", "found", f"recall@{iou_thr:g} %", "detections",
                "median score found"]
     return tabulate(rows, headers=headers, floatfmt=(".1f",) * 4 + (".0f", ".3g"), tablefmt="pipe")

@@ -57,16 +57,22 @@ def command(run, train_script):
     return [sys.executable, train_script] + flags + run.args
 
 
+def _recorded_args(run):
+    """The arguments ``run``'s folder was started with, None for a new folder."""
+    path = os.path.join(run.output_dir, ARGS_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def check_recorded_args(runs):
     """A folder started with other arguments (another config, overrides or dataset) would mix
     results: a one-line error before anything runs."""
     for run in runs:
-        path = os.path.join(run.output_dir, ARGS_FILE)
-        if not os.path.isfile(path):
-            continue
-        with open(path) as f:
-            recorded = json.load(f)
-        if recorded != run.args:
+        recorded = _recorded_args(run)
+        if recorded is not None and recorded != run.args:
+            path = os.path.join(run.output_dir, ARGS_FILE)
             raise BenchmarkError(
                 f"{run.output_dir} was started with other arguments ({path}): use another "
                 "--output or delete that folder"
@@ -78,11 +84,8 @@ def with_recorded_args(runs):
     made, command-line overrides included (what --rescore scores again)."""
     out = []
     for run in runs:
-        path = os.path.join(run.output_dir, ARGS_FILE)
-        if os.path.isfile(path):
-            with open(path) as f:
-                run = dataclasses.replace(run, args=json.load(f))
-        out.append(run)
+        recorded = _recorded_args(run)
+        out.append(run if recorded is None else dataclasses.replace(run, args=recorded))
     return out
 
 

@@ -18,9 +18,7 @@ from .chunked_eval import annotation_area, ground_truth_api
 from .detections import Detections
 from .lvis_eval import top_detections_per_image
 
-__all__ = ["recall_per_group", "GROUP_KEYS"]
-
-GROUP_KEYS = ("r", "c", "f")
+__all__ = ["recall_per_group"]
 
 
 def _found_scores(gt_api, anns, dets, index, iou_type, iou_thr):
@@ -66,7 +64,7 @@ def recall_per_group(
     dets_of = {}
     for i, pair in enumerate(zip(dets.image_id.tolist(), dets.category_id.tolist())):
         dets_of.setdefault(pair, []).append(i)
-    out = {g: {"instances": 0, "detections": 0, "found": 0, "scores": []} for g in GROUP_KEYS}
+    out = {g: {"instances": 0, "detections": 0, "found": 0, "scores": []} for g in "rcf"}
     for c in dets.category_id.tolist():
         out[group_of[c]]["detections"] += 1
     for (image_id, cat), anns in anns_of.items():
