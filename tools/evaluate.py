@@ -19,7 +19,8 @@ the std of the LVIS metrics over N resamples of the evaluation images
 beside the other reports. ``--group-recall`` adds, per task and frequency group, the detections
 kept under the per-image cap and the fraction of ground-truth instances that a detection of the
 same category overlaps at IoU >= ``--recall-iou`` (:mod:`longtail_d2.evaluation.group_recall`),
-written to ``group_recall.json``. Bad input stops with one line ``error: ...`` before anything is
+and where each class's n best detections lie (n: its instances): on its own instances, on another
+class's, on background; written to ``group_recall.json``. Bad input stops with one line ``error: ...`` before anything is
 written.
 """
 
@@ -36,7 +37,10 @@ from longtail_d2.data import DatasetError  # noqa: E402
 from longtail_d2.engine.setup import ConfigError, load_config, prepare_run  # noqa: E402
 from longtail_d2.evaluation.bootstrap import bootstrap_lvis_metrics  # noqa: E402
 from longtail_d2.evaluation.detections import ResultsError, load_results_json  # noqa: E402
-from longtail_d2.evaluation.group_recall import recall_per_group  # noqa: E402
+from longtail_d2.evaluation.group_recall import (  # noqa: E402
+    recall_per_group,
+    top_ranked_per_group,
+)
 from longtail_d2.evaluation.lvis_evaluator import evaluate_and_report  # noqa: E402
 from longtail_d2.evaluation.protocols import EvalGroundTruth, choose_protocols  # noqa: E402
 from longtail_d2.evaluation.reports import GROUP_NAMES, dump_json  # noqa: E402
@@ -135,14 +139,37 @@ def group_recall_table(report: dict, iou_thr: float) -> str:
     return tabulate(rows, headers=headers, floatfmt=(".1f",) * 4 + (".0f", ".3g"), tablefmt="pipe")
 
 
+def top_ranked_table(report: dict, iou_thr: float) -> str:
+    """group | instances | ranked | % on own class | % on another class (by its group) | % on
+    background."""
+    rows = []
+    for g, name in GROUP_NAMES.items():
+        r = report[g]["top_ranked"]
+        pct = (lambda n: 100 * n / r["ranked"]) if r["ranked"] else (lambda n: float("nan"))
+        by_group = " / ".join(f"{pct(r['other_by_group'][h]):.1f}" for h in GROUP_NAMES)
+        rows.append([name, r["instances"], r["ranked"], pct(r["own"]), pct(r["other"]), by_group,
+                     pct(r["background"])])
+    headers = ["group", "instances", "top-n detections", f"own class @{iou_thr:g} %",
+               "other class %", "on r / c / f %", "background %"]
+    return tabulate(rows, headers=headers, floatfmt=".1f", tablefmt="pipe")
+
+
 def run_group_recall(gt, dets, tasks, args, output, max_dets, logger):
-    """Per task, :func:`recall_per_group`: logged, written to group_recall.json."""
+    """Per task, :func:`recall_per_group` and :func:`top_ranked_per_group` (under each group's
+    "top_ranked"): logged, written to group_recall.json."""
     out = {}
     for task in tasks:
         out[task] = recall_per_group(gt.lvis_gt, dets, task, args.recall_iou, max_dets)
+        top = top_ranked_per_group(gt.lvis_gt, dets, task, args.recall_iou, max_dets)
+        for g, counts in top.items():
+            out[task][g]["top_ranked"] = counts
         logger.info(
             f"Instances found per group, {task} on {gt.name} ({max_dets} detections per image):\n"
             + group_recall_table(out[task], args.recall_iou)
+        )
+        logger.info(
+            f"Where each class's top-n detections lie (n: its instances), {task} on {gt.name}:\n"
+            + top_ranked_table(out[task], args.recall_iou)
         )
     dump_json(out, os.path.join(output, GROUP_RECALL_FILE))
     return out

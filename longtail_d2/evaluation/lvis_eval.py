@@ -50,15 +50,18 @@ def _as_detections(results) -> Detections:
     return results if isinstance(results, Detections) else Detections.from_results(results)
 
 
-def _top_k(groups: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
-    """Indices (ascending) of the k highest scores of each group; ties keep the earlier
-    detection, as Python's stable ``sorted(..., reverse=True)`` of lvis-api."""
+def _top_k(groups: np.ndarray, score: np.ndarray, k: Union[int, Dict[int, int]]) -> np.ndarray:
+    """Indices (ascending) of the k highest scores of each group (k: one for all, or per group,
+    0 for a group absent from it); ties keep the earlier detection, as Python's stable
+    ``sorted(..., reverse=True)`` of lvis-api."""
     by_score = np.argsort(-score, kind="stable")
     order = by_score[np.argsort(groups[by_score], kind="stable")]
     g = groups[order]
     starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
     sizes = np.diff(np.r_[starts, len(g)])
     rank = np.arange(len(g)) - np.repeat(starts, sizes)
+    if isinstance(k, dict):
+        k = np.array([k.get(x, 0) for x in g.tolist()], np.int64)
     return np.sort(order[rank < k])
 
 
@@ -67,8 +70,9 @@ def top_detections_per_image(dets: Detections, max_dets: int) -> Detections:
     return dets.select(_top_k(dets.image_id, dets.score, max_dets))
 
 
-def top_detections_per_category(dets: Detections, k: int) -> Detections:
-    """The ``k`` highest-scoring detections of each category over the whole dataset (AP-fixed)."""
+def top_detections_per_category(dets: Detections, k: Union[int, Dict[int, int]]) -> Detections:
+    """The ``k`` highest-scoring detections of each category over the whole dataset (AP-fixed;
+    ``k`` one for all categories or {category id: k})."""
     return dets.select(_top_k(dets.category_id, dets.score, k))
 
 

@@ -1,5 +1,6 @@
-"""recall_per_group on a case counted by hand: the per-image cap applied first, a category
-mismatch and a low overlap not counted, area-0 annotations left out, boxes and masks alike; and
+"""recall_per_group and top_ranked_per_group on cases counted by hand: the per-image cap applied
+first, a category mismatch and a low overlap not counted, area-0 annotations left out, each class's
+top-n split into own class / other class / background, boxes and masks alike; and
 tools/evaluate.py --group-recall."""
 
 import json
@@ -13,7 +14,7 @@ import pytest
 from pycocotools import mask as mask_util
 
 from longtail_d2.evaluation.detections import Detections
-from longtail_d2.evaluation.group_recall import recall_per_group
+from longtail_d2.evaluation.group_recall import recall_per_group, top_ranked_per_group
 from tests.conftest import REPO
 
 H = W = 100
@@ -47,7 +48,7 @@ def _rle(box):
     return rle
 
 
-def _case():
+def _case(dets=DETS):
     gt = {
         "images": [
             {"id": i, "height": H, "width": W, "neg_category_ids": [],
@@ -70,7 +71,7 @@ def _case():
     )
     results = [
         {"image_id": i, "category_id": c, "bbox": b, "score": s, "segmentation": _rle(b)}
-        for i, c, b, s in DETS
+        for i, c, b, s in dets
     ]
     return gt, results
 
@@ -99,6 +100,43 @@ def test_counts_by_hand(iou_type):
     assert out["r"]["found"] == 0 and out["c"]["found"] == 1
 
 
+# Each class's top-n (n: its instances; frequent has 1, its area-0 annotation left out).
+TOP_DETS = [
+    (1, 2, [50, 50, 20, 20], 0.95),  # common's best: on the frequent instance
+    (2, 2, [30, 30, 10, 10], 0.3),  # on its own instance, but second (n = 1): not looked at
+    (1, 1, [0, 0, 10, 10], 0.9),  # rare's best: its own instance
+    (2, 1, [60, 60, 10, 10], 0.88),  # rare's second: background
+    (1, 1, [0, 0, 10, 10], 0.85),  # rare's third: not looked at (n = 2)
+    (2, 3, [30, 30, 10, 10], 0.6),  # frequent's best: on the common instance
+]
+
+
+def _top(report, group):
+    r = report[group]
+    return (r["instances"], r["ranked"], r["own"], r["other"], r["background"],
+            tuple(r["other_by_group"][h] for h in "rcf"))
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_top_ranked_by_hand(iou_type):
+    gt, results = _case(TOP_DETS)
+    out = top_ranked_per_group(gt, Detections.from_results(results), iou_type)
+    assert _top(out, "r") == (2, 2, 1, 0, 1, (0, 0, 0))
+    assert _top(out, "c") == (1, 1, 0, 1, 0, (0, 0, 1))
+    assert _top(out, "f") == (1, 1, 0, 1, 0, (0, 1, 0))
+    # The background detection ranked below the duplicate: a duplicate counts as its own class.
+    lower = [d if d[3] != 0.88 else d[:3] + (0.8,) for d in TOP_DETS]
+    gt, results = _case(lower)
+    out = top_ranked_per_group(gt, Detections.from_results(results), iou_type)
+    assert _top(out, "r") == (2, 2, 2, 0, 0, (0, 0, 0))
+    # The per-image cap first: at 1 per image, image 1 keeps common's 0.95 and image 2 rare's
+    # 0.8 (background); frequent keeps nothing.
+    out = top_ranked_per_group(gt, Detections.from_results(results), iou_type, max_dets=1)
+    assert _top(out, "r") == (2, 1, 0, 0, 1, (0, 0, 0))
+    assert _top(out, "c") == (1, 1, 0, 1, 0, (0, 0, 1))
+    assert _top(out, "f") == (1, 0, 0, 0, 0, (0, 0, 0))
+
+
 def test_evaluate_tool_reports_group_recall(tmp_path):
     gt, results = _case()
     gt_file, res_file = tmp_path / "gt.json", tmp_path / "results.json"
@@ -117,7 +155,14 @@ def test_evaluate_tool_reports_group_recall(tmp_path):
         assert report[task]["f"]["median_score"] is None  # nan, as strict JSON writes it
         report[task]["f"]["median_score"] = math.nan
         _check(report[task], 1, 1, 0.9)
+        # Top-n at 3 per image: rare's one kept detection on its instance, common's best on its
+        # instance, frequent's best (image 2, 0.7) on background.
+        top = {g: report[task][g]["top_ranked"] for g in "rcf"}
+        assert _top(top, "r") == (2, 1, 1, 0, 0, (0, 0, 0))
+        assert _top(top, "c") == (1, 1, 1, 0, 0, (0, 0, 0))
+        assert _top(top, "f") == (1, 1, 0, 0, 1, (0, 0, 0))
     assert "recall@0.5" in out.stdout + out.stderr
+    assert "top-n detections" in out.stdout + out.stderr
 
 
 def test_recall_iou_out_of_range_is_one_line(tmp_path):
