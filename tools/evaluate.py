@@ -20,8 +20,8 @@ beside the other reports. ``--group-recall`` adds, per task and frequency group,
 kept under the per-image cap and the fraction of ground-truth instances that a detection of the
 same category overlaps at IoU >= ``--recall-iou`` (:mod:`longtail_d2.evaluation.group_recall`),
 and where each class's n best detections lie (n: its instances): on its own instances, on another
-class's, on background; written to ``group_recall.json``. Bad input stops with one line ``error: ...`` before anything is
-written.
+class's, on background; written to ``group_recall.json``. Bad input stops with one line
+``error: ...`` before anything is written.
 """
 
 import argparse
