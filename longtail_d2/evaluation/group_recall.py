@@ -52,6 +52,17 @@ def _instances_by_key(gt: dict, key) -> dict:
     return out
 
 
+def _prepare(gt: dict, dets: Detections, iou_type: str, max_dets: int):
+    """The detections kept under the per-image cap, {category id: group}, and the ground-truth
+    API that segm overlaps need (None for bbox)."""
+    assert iou_type in ("bbox", "segm"), iou_type
+    if iou_type == "segm" and len(dets) and not dets.has_masks:
+        raise ValueError("segm overlaps need masks in the detections")
+    group_of = {c["id"]: c["frequency"] for c in gt["categories"]}
+    gt_api = ground_truth_api(gt) if iou_type == "segm" else None
+    return top_detections_per_image(dets, max_dets), group_of, gt_api
+
+
 def recall_per_group(
     gt: dict, dets: Detections, iou_type: str = "bbox", iou_thr: float = 0.5, max_dets: int = 300
 ) -> Dict[str, dict]:
@@ -70,12 +81,7 @@ def recall_per_group(
         "median_score": median best score of the found instances (nan if none)}} for the
         groups "r", "c", "f".
     """
-    assert iou_type in ("bbox", "segm"), iou_type
-    if iou_type == "segm" and len(dets) and not dets.has_masks:
-        raise ValueError("segm recall needs masks in the detections")
-    dets = top_detections_per_image(dets, max_dets)
-    group_of = {c["id"]: c["frequency"] for c in gt["categories"]}
-    gt_api = ground_truth_api(gt) if iou_type == "segm" else None
+    dets, group_of, gt_api = _prepare(gt, dets, iou_type, max_dets)
     anns_of = _instances_by_key(gt, lambda a: (a["image_id"], a["category_id"]))
     dets_of = {}
     for i, pair in enumerate(zip(dets.image_id.tolist(), dets.category_id.tolist())):
@@ -118,12 +124,7 @@ def top_ranked_per_group(
         "background": counts, "other_by_group": {"r", "c", "f": of "other", by the group of the
         best-overlapping other instance}}} for the groups "r", "c", "f".
     """
-    assert iou_type in ("bbox", "segm"), iou_type
-    if iou_type == "segm" and len(dets) and not dets.has_masks:
-        raise ValueError("top-ranked report needs masks in the detections")
-    dets = top_detections_per_image(dets, max_dets)
-    group_of = {c["id"]: c["frequency"] for c in gt["categories"]}
-    gt_api = ground_truth_api(gt) if iou_type == "segm" else None
+    dets, group_of, gt_api = _prepare(gt, dets, iou_type, max_dets)
     count_of = {c: len(a) for c, a in _instances_by_key(gt, lambda a: a["category_id"]).items()}
     anns_of_image = _instances_by_key(gt, lambda a: a["image_id"])
 
