@@ -178,6 +178,47 @@ def test_dependency_substitution_order_and_failure(tmp_path, stub_env, monkeypat
     assert len(_calls(stub_env)) == 3
 
 
+def test_schedule_scales_each_methods_own_schedule(tmp_path, stub_env, capsys):
+    """'schedule: k' multiplies each method's own MAX_ITER and STEPS (a stage 2 keeps its shorter
+    schedule), --schedule replaces the list's factor, and command-line overrides still win."""
+    stage2 = ["MODEL.WEIGHTS", STAGE1_MODEL, "SOLVER.MAX_ITER", "4", "SOLVER.STEPS", "(3,)"]
+    methods = [
+        {"name": "stage1", "config": INSTANT},  # MAX_ITER 10, STEPS (8,)
+        {"name": "stage2", "config": INSTANT, "overrides": stage2},
+    ]
+    lst = _write_list(tmp_path / "l.yaml", methods, schedule=3)
+    tool = _tool()
+
+    def planned(*extra):
+        capsys.readouterr()
+        argv = [lst, *extra, "--dry-run", "--seeds", "0", "--output", str(tmp_path / "o")]
+        assert tool.main(argv + ["--train-script", STUB]) == 0
+        lines = [ln.split() for ln in capsys.readouterr().out.splitlines() if "train_net" in ln]
+        # the value a config key ends with: the last occurrence wins in detectron2
+        return [
+            {k: argv[len(argv) - 1 - argv[::-1].index(k) + 1] for k in ("SOLVER.MAX_ITER",
+                                                                          "SOLVER.STEPS")}
+            if "SOLVER.MAX_ITER" in argv else {} for argv in lines
+        ]
+
+    assert planned() == [
+        {"SOLVER.MAX_ITER": "30", "SOLVER.STEPS": "'(24,)'"},
+        {"SOLVER.MAX_ITER": "12", "SOLVER.STEPS": "'(9,)'"},
+    ]
+    assert planned("--schedule", "1") == [{}, {"SOLVER.MAX_ITER": "4", "SOLVER.STEPS": "'(3,)'"}]
+    assert planned("--schedule", "2.5") == [
+        {"SOLVER.MAX_ITER": "25", "SOLVER.STEPS": "'(20,)'"},
+        {"SOLVER.MAX_ITER": "10", "SOLVER.STEPS": "'(8,)'"},  # 7.5 rounded
+    ]
+    assert planned("SOLVER.MAX_ITER", "7") == [
+        {"SOLVER.MAX_ITER": "7", "SOLVER.STEPS": "'(24,)'"},
+        {"SOLVER.MAX_ITER": "7", "SOLVER.STEPS": "'(9,)'"},
+    ]
+    with pytest.raises(tool.BenchmarkError, match=r"l.yaml: schedule must be a number > 0, got"):
+        tool.main([_write_list(tmp_path / "l.yaml", methods, schedule="3x"), "--dry-run"])
+    assert not _calls(stub_env)
+
+
 @pytest.mark.parametrize(
     "methods,message",
     [
@@ -344,7 +385,7 @@ def test_end_to_end_train_net_on_val_and_test(tmp_path, datasets_root):
         ("methods_demo.yaml", []),
         ("methods_benchmark.yaml", []),
         # the README's 3x schedule (2.4 epochs)
-        ("methods_benchmark.yaml", ["SOLVER.MAX_ITER", "900", "SOLVER.STEPS", "(720, 870)"]),
+        ("methods_benchmark.yaml", ["--schedule", "3"]),
     ],
 )
 def test_shipped_method_lists_load(tmp_path, capsys, name, opts):

@@ -9,6 +9,7 @@ over seeds of AP, APr, APc, APf (mask and box).
     python tools/benchmark.py benchmarks/methods_demo.yaml --methods softmax eql --seeds 0 1 2 3 4
     python tools/benchmark.py benchmarks/methods_demo.yaml --dry-run       # print the commands
     python tools/benchmark.py benchmarks/methods_demo.yaml SOLVER.MAX_ITER 100 --output out/short
+    python tools/benchmark.py benchmarks/methods_benchmark.yaml --schedule 1  # each schedule x 1
     # score the finished runs of output/a again with other TEST keys, without training
     python tools/benchmark.py benchmarks/methods_demo.yaml --rescore output/a --output output/b \
         TEST.DETECTIONS_PER_IMAGE 300
@@ -77,6 +78,13 @@ def parse_args(argv=None):
         help="dataset the table reports: val, test or a dataset name (default: the list's "
         "'split:', else the last of DATASETS.TEST)",
     )
+    p.add_argument(
+        "--schedule",
+        type=float,
+        default=None,
+        help="factor on each method's own SOLVER.MAX_ITER and STEPS (default: the list's "
+        "'schedule:', else 1)",
+    )
     p.add_argument("--output", default=None, help="default: output/benchmark/<list name>")
     p.add_argument("--threads", type=int, default=2, help="CPU threads per run")
     p.add_argument(
@@ -107,6 +115,8 @@ def parse_args(argv=None):
         )
     if len(args.opts) % 2:
         p.error(f"overrides must be KEY VALUE pairs, got {args.opts}")
+    if args.schedule is not None and args.schedule <= 0:
+        p.error(f"--schedule must be > 0, got {args.schedule}")
     if args.threads < 1 or (args.jobs is not None and args.jobs < 1):
         p.error("--threads and --jobs must be >= 1")
     return args
@@ -146,11 +156,12 @@ def main(argv=None):
     methods = select_methods(method_list, args.methods)
     split = args.split or method_list.split
     split = SPLITS.get(split, split)
+    schedule = method_list.schedule if args.schedule is None else args.schedule
     if args.rescore:
         if args.output is None or os.path.abspath(args.output) == os.path.abspath(args.rescore):
             raise BenchmarkError(f"--rescore {args.rescore}: give another --output folder")
         # The runs as they were made (command-line overrides included), not as planned now.
-        sources = with_recorded_args(plan_runs(methods, args.seeds, args.rescore, head=head))
+        sources = with_recorded_args(plan_runs(methods, args.seeds, args.rescore, head, schedule=schedule))
         split = _validate(sources, split)
         for src in sources:
             if not is_finished(src.output_dir, split):
@@ -158,7 +169,7 @@ def main(argv=None):
         finished = [src for src in sources if is_finished(src.output_dir, split)]
         runs = plan_rescoring(finished, root, tail=args.opts)
     else:
-        runs = plan_runs(methods, args.seeds, root, head=head, tail=args.opts)
+        runs = plan_runs(methods, args.seeds, root, head, args.opts, schedule)
     split = _validate(runs, split)
     check_recorded_args(runs)
     jobs = args.jobs or max(1, (os.cpu_count() or 1) // args.threads)

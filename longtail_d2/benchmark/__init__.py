@@ -10,6 +10,7 @@ from .methods import (
     load_method_list,
     plan_rescoring,
     plan_runs,
+    schedule_overrides,
     quiet,
     select_methods,
 )

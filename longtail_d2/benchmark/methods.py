@@ -4,7 +4,8 @@ A method list is a YAML file::
 
     dataset: configs/Benchmark/Base-Benchmark.yaml   # optional: every method on this dataset
     split: longtail_synth_test                       # optional: the dataset the table reports
-    overrides: [SOLVER.MAX_ITER, 900]                # optional: KEY VALUE pairs for every run
+    overrides: [MODEL.RPN.NMS_THRESH, 0.6]           # optional: KEY VALUE pairs for every run
+    schedule: 3                                      # optional: each method's schedule x 3
     methods:
       - name: softmax
         config: configs/Tiny/mask_rcnn_R_18_FPN_demo.yaml
@@ -17,9 +18,12 @@ A method list is a YAML file::
 
 ``{name}`` in an override is the output folder of method ``name`` for the same seed; the run
 waits for that one (``depends_on: [name, ...]`` adds dependencies without a placeholder).
-Each run is ``train_net.py --config-file C [dataset] [list] [method] [extra] OUTPUT_DIR
-<root>/<name>/seed<k> SEED k``: later overrides win, the dataset stays fixed, only the training
-seed changes.
+``schedule: k`` multiplies each method's own SOLVER.MAX_ITER and SOLVER.STEPS (its config with
+its overrides) by k, so that a stage-2 method keeps its shorter schedule; the first step, and
+with it PCB's and FASA's default start, moves along; warm-up and checkpoint period stay.
+Each run is ``train_net.py --config-file C [dataset] [list] [method] [schedule] [extra]
+OUTPUT_DIR <root>/<name>/seed<k> SEED k``: later overrides win, the dataset stays fixed, only
+the training seed changes.
 """
 
 import logging
@@ -38,13 +42,14 @@ __all__ = [
     "load_method_list",
     "dataset_overrides",
     "plan_runs",
+    "schedule_overrides",
     "plan_rescoring",
     "select_methods",
     "dependencies",
 ]
 
 PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_.+-]+)\}")
-LIST_KEYS = {"dataset", "split", "overrides", "methods"}
+LIST_KEYS = {"dataset", "split", "overrides", "schedule", "methods"}
 METHOD_KEYS = {"name", "config", "overrides", "depends_on", "baseline"}
 
 
@@ -69,6 +74,8 @@ class MethodList:
     overrides: Tuple[str, ...] = ()
     dataset: str = ""
     split: str = ""
+    # Factor on every method's SOLVER.MAX_ITER and SOLVER.STEPS.
+    schedule: float = 1.0
 
 
 @dataclass
@@ -156,8 +163,12 @@ def load_method_list(path: str) -> MethodList:
         dataset = _resolve(dataset, base_dir)
         if not os.path.isfile(dataset):
             raise BenchmarkError(f"{path}: dataset config {data['dataset']} not found")
+    schedule = data.get("schedule", 1)
+    if isinstance(schedule, bool) or not isinstance(schedule, (int, float)) or schedule <= 0:
+        raise BenchmarkError(f"{path}: schedule must be a number > 0, got {schedule!r}")
     result = MethodList(
         path=path,
+        schedule=float(schedule),
         methods=tuple(methods),
         overrides=_overrides(data.get("overrides"), f"{path}: overrides"),
         dataset=dataset,
@@ -269,9 +280,25 @@ def select_methods(method_list: MethodList, names):
     return [m for m in method_list.methods if m.name in wanted]
 
 
-def plan_runs(methods, seeds, root, head=(), tail=()):
+def schedule_overrides(config_file: str, opts, factor: float) -> List[str]:
+    """SOLVER.MAX_ITER and SOLVER.STEPS of ``config_file`` + ``opts``, times ``factor``
+    (rounded), as KEY VALUE overrides; none for a factor of 1."""
+    if factor == 1:
+        return []
+    from longtail_d2.engine import ConfigError, load_config
+
+    try:
+        solver = quiet(load_config, config_file, list(opts)).SOLVER
+    except ConfigError as e:
+        raise BenchmarkError(f"{config_file}: {e}") from None
+    steps = tuple(round(s * factor) for s in solver.STEPS)
+    return ["SOLVER.MAX_ITER", str(round(solver.MAX_ITER * factor)), "SOLVER.STEPS", repr(steps)]
+
+
+def plan_runs(methods, seeds, root, head=(), tail=(), schedule=1.0):
     """One :class:`Run` per method and seed, dependencies first. ``head``: overrides before the
-    method's own (the dataset, the list's), ``tail``: after them (the command line's)."""
+    method's own (the dataset, the list's), ``tail``: after them (the command line's);
+    ``schedule``: factor on each method's own MAX_ITER and STEPS, between the two."""
     runs = []
     for m in _ordered(methods):
         for seed in seeds:
@@ -280,7 +307,9 @@ def plan_runs(methods, seeds, root, head=(), tail=()):
             def fill(value, seed=seed):
                 return PLACEHOLDER.sub(lambda g: os.path.join(root, g[1], f"seed{seed}"), value)
 
-            args = ["--config-file", m.config, *head, *map(fill, m.overrides), *tail]
+            own = [*head, *map(fill, m.overrides)]
+            own += schedule_overrides(m.config, own, schedule)
+            args = ["--config-file", m.config, *own, *tail]
             args += ["OUTPUT_DIR", out, "SEED", str(seed)]
             runs.append(Run(m.name, seed, out, args, [(d, seed) for d in dependencies(m)]))
     return runs
