@@ -134,6 +134,16 @@ def test_federated_loss_restricts_the_classes():
     assert full(logits, gt)["loss_cls"].item() == pytest.approx(
         sigmoid_ce_loss(logits[:, :C], gt).item()
     )
+    # fed_classes is the subset the loss trains: the same draw gives the same classes.
+    torch.manual_seed(0)
+    fed = module.fed_classes(gt)
+    assert sorted(fed[fed < C].tolist()) == [c for c in range(C) if used[c]]
+    # One negative of three equally weighted ones: each is in F a third of the time.
+    counts = torch.zeros(C + 1)
+    for _ in range(3000):
+        counts[module.fed_classes(gt)] += 1
+    assert counts[1] == 3000 and counts[C] == 3000
+    assert torch.allclose(counts[[0, 2, 3]] / 3000, torch.full((3,), 1 / 3), atol=0.04)
     # A class with zero weight is never sampled.
     zero = FederatedLoss(
         num_classes=C, class_weights=torch.tensor([0.0, 1.0, 0.0, 1.0]), num_fed_classes=3

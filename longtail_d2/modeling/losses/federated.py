@@ -48,10 +48,10 @@ class FederatedLoss(ClassificationLoss):
             "num_fed_classes": cfg.MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES,
         }
 
-    def losses(self, logits, gt_classes):
+    def fed_classes(self, gt_classes):
+        """The class subset F of one iteration: the classes in ``gt_classes`` (R,) (background
+        C included when present) plus negatives drawn by detectron2's sampler."""
         C = self.num_classes
-        if logits.shape[0] == 0:
-            return {"loss_cls": logits.sum() * 0.0}
         # detectron2's sampler draws without replacement: never ask it for more classes than
         # have a non-zero weight outside those present.
         present = torch.unique(gt_classes)
@@ -60,9 +60,14 @@ class FederatedLoss(ClassificationLoss):
             (self.fed_loss_cls_weights[present_fg] > 0).sum()
         )
         num_fed = min(self.num_fed_classes, len(present) + available)
-        fed_classes = self.get_fed_loss_classes(gt_classes, num_fed, C, self.fed_loss_cls_weights)
+        return self.get_fed_loss_classes(gt_classes, num_fed, C, self.fed_loss_cls_weights)
+
+    def losses(self, logits, gt_classes):
+        C = self.num_classes
+        if logits.shape[0] == 0:
+            return {"loss_cls": logits.sum() * 0.0}
         mask = logits.new_zeros(C + 1)
-        mask[fed_classes] = 1
+        mask[self.fed_classes(gt_classes)] = 1
         # All C + 1 logits with weight 0 on the unused last one: its gradient is then zero
         # without a slice's backward scattering (R, C) into (R, C + 1).
         mask[C] = 0
