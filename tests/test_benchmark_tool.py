@@ -214,6 +214,13 @@ def test_schedule_scales_each_methods_own_schedule(tmp_path, stub_env, capsys):
         {"SOLVER.MAX_ITER": "7", "SOLVER.STEPS": "'(24,)'"},
         {"SOLVER.MAX_ITER": "7", "SOLVER.STEPS": "'(9,)'"},
     ]
+    # Without --output the folder names the schedule (runs at two schedules never meet).
+    capsys.readouterr()
+    assert tool.main([lst, "--dry-run", "--seeds", "0", "--train-script", STUB]) == 0
+    out = capsys.readouterr().out
+    assert "OUTPUT_DIR output/benchmark/l_x3/stage1/seed0 " in out
+    assert tool.main([lst, "--dry-run", "--seeds", "0", "--schedule", "1"]) == 0
+    assert "OUTPUT_DIR output/benchmark/l/stage1/seed0 " in capsys.readouterr().out
     with pytest.raises(tool.BenchmarkError, match=r"l.yaml: schedule must be a number > 0, got"):
         tool.main([_write_list(tmp_path / "l.yaml", methods, schedule="3x"), "--dry-run"])
     assert not _calls(stub_env)
@@ -383,9 +390,8 @@ def test_end_to_end_train_net_on_val_and_test(tmp_path, datasets_root):
     "name,opts",
     [
         ("methods_demo.yaml", []),
-        ("methods_benchmark.yaml", []),
-        # the README's 3x schedule (2.4 epochs)
-        ("methods_benchmark.yaml", ["--schedule", "3"]),
+        ("methods_benchmark.yaml", []),  # 3x the demo schedule
+        ("methods_benchmark.yaml", ["--schedule", "1"]),
     ],
 )
 def test_shipped_method_lists_load(tmp_path, capsys, name, opts):
@@ -403,3 +409,6 @@ def test_shipped_method_lists_load(tmp_path, capsys, name, opts):
     assert {c.split("OUTPUT_DIR ")[1].split("/")[-2] for c in commands} == methods
     if name == "methods_benchmark.yaml":
         assert all("DATASETS.SYNTHETIC.ROOT longtail_synth_bench" in c for c in commands)
+        # 3x: a stage 2 (150 iterations, step at 100) keeps its shorter schedule
+        stage2 = [c for c in commands if "/balms_decoupled/" in c][0]
+        assert ("SOLVER.MAX_ITER 450 SOLVER.STEPS '(300,)'" in stage2) == (not opts), stage2

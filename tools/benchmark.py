@@ -85,7 +85,11 @@ def parse_args(argv=None):
         help="factor on each method's own SOLVER.MAX_ITER and STEPS (default: the list's "
         "'schedule:', else 1)",
     )
-    p.add_argument("--output", default=None, help="default: output/benchmark/<list name>")
+    p.add_argument(
+        "--output",
+        default=None,
+        help="default: output/benchmark/<list name>, + _x<schedule> when the schedule is not 1",
+    )
     p.add_argument("--threads", type=int, default=2, help="CPU threads per run")
     p.add_argument(
         "--jobs", type=int, default=None, help="runs at a time (default: CPU cores // threads)"
@@ -150,13 +154,14 @@ def main(argv=None):
     if dataset and not os.path.isfile(dataset):
         raise BenchmarkError(f"--dataset: {dataset} not found")
     head = (dataset_overrides(dataset) if dataset else []) + list(method_list.overrides)
-    root = args.output or os.path.join(
-        "output", "benchmark", os.path.splitext(os.path.basename(args.method_list))[0]
-    )
+    schedule = method_list.schedule if args.schedule is None else args.schedule
+    # The default folder names the schedule, so that runs at two schedules never meet.
+    name = os.path.splitext(os.path.basename(args.method_list))[0]
+    name += f"_x{schedule:g}" if schedule != 1 else ""
+    root = args.output or os.path.join("output", "benchmark", name)
     methods = select_methods(method_list, args.methods)
     split = args.split or method_list.split
     split = SPLITS.get(split, split)
-    schedule = method_list.schedule if args.schedule is None else args.schedule
     if args.rescore:
         if args.output is None or os.path.abspath(args.output) == os.path.abspath(args.rescore):
             raise BenchmarkError(f"--rescore {args.rescore}: give another --output folder")
