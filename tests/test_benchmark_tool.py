@@ -234,13 +234,17 @@ def test_schedule_scales_each_methods_own_schedule(tmp_path, stub_env, capsys):
         ([{"name": "a", "config": "no/such.yaml"}], "config file no/such.yaml not found"),
         ([{"name": "a", "config": INSTANT}, {"name": "a", "config": INSTANT}], "listed twice"),
         ([{"name": "a", "config": INSTANT, "overrides": ["SOLVER.NO_SUCH", "1"]}], "method 'a'"),
+        (  # found while the schedule is scaled, before any run is planned
+            [{"name": "a", "config": INSTANT, "overrides": ["SOLVER.MAX_ITER", "x"]}],
+            "method 'a': command-line override:",
+        ),
         ([{"name": "a", "config": INSTANT}], "does not evaluate 'longtail_synth_test'"),
         ([{"name": "a", "config": INSTANT, "baseline": "zz"}], "baseline 'zz', which is not a"),
         ([{"name": "a", "config": INSTANT, "baseline": ["a"]}], "baseline 'a', which is itself"),
     ],
 )
 def test_bad_input_fails_before_anything_runs(tmp_path, stub_env, methods, message):
-    lst = _write_list(tmp_path / "l.yaml", methods)
+    lst = _write_list(tmp_path / "l.yaml", methods, schedule=2)
     root = tmp_path / "out"
     tool = _tool()
     with pytest.raises(tool.BenchmarkError, match=message):

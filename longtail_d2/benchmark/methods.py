@@ -289,8 +289,8 @@ def schedule_overrides(config_file: str, opts, factor: float) -> List[str]:
 
     try:
         solver = quiet(load_config, config_file, list(opts)).SOLVER
-    except ConfigError as e:
-        raise BenchmarkError(f"{config_file}: {e}") from None
+    except ConfigError as e:  # a bad key or value: named by the caller's method
+        raise BenchmarkError(str(e)) from None
     steps = tuple(round(s * factor) for s in solver.STEPS)
     return ["SOLVER.MAX_ITER", str(round(solver.MAX_ITER * factor)), "SOLVER.STEPS", repr(steps)]
 
@@ -308,7 +308,10 @@ def plan_runs(methods, seeds, root, head=(), tail=(), schedule=1.0):
                 return PLACEHOLDER.sub(lambda g: os.path.join(root, g[1], f"seed{seed}"), value)
 
             own = [*head, *map(fill, m.overrides)]
-            own += schedule_overrides(m.config, own, schedule)
+            try:
+                own += schedule_overrides(m.config, own, schedule)
+            except BenchmarkError as e:
+                raise BenchmarkError(f"method {m.name!r}: {e}") from None
             args = ["--config-file", m.config, *own, *tail]
             args += ["OUTPUT_DIR", out, "SEED", str(seed)]
             runs.append(Run(m.name, seed, out, args, [(d, seed) for d in dependencies(m)]))
