@@ -194,11 +194,10 @@ def test_schedule_scales_each_methods_own_schedule(tmp_path, stub_env, capsys):
         argv = [lst, *extra, "--dry-run", "--seeds", "0", "--output", str(tmp_path / "o")]
         assert tool.main(argv + ["--train-script", STUB]) == 0
         lines = [ln.split() for ln in capsys.readouterr().out.splitlines() if "train_net" in ln]
-        # the value a config key ends with: the last occurrence wins in detectron2
+        keys = ("SOLVER.MAX_ITER", "SOLVER.STEPS")
+        # a key's value as detectron2 reads it: the last occurrence wins
         return [
-            {k: argv[len(argv) - 1 - argv[::-1].index(k) + 1] for k in ("SOLVER.MAX_ITER",
-                                                                          "SOLVER.STEPS")}
-            if "SOLVER.MAX_ITER" in argv else {} for argv in lines
+            {k: cmd[len(cmd) - cmd[::-1].index(k)] for k in keys if k in cmd} for cmd in lines
         ]
 
     assert planned() == [
@@ -343,6 +342,31 @@ def test_rescore_keeps_the_overrides_a_run_was_made_with(tmp_path, stub_env):
     trained, rescored = _calls(stub_env)
     assert rescored[0] == "--eval-only" and _opt(rescored, "SOLVER.BASE_LR") == "0.002"
     assert rescored[1:-8] == trained[:-4]
+
+
+def test_rescore_on_a_split_the_runs_did_not_evaluate(tmp_path, stub_env, monkeypatch):
+    """Runs evaluated on val only are scored on test by --rescore with DATASETS.TEST and --split
+    test; without the DATASETS.TEST override the split is still an error."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    lst = _write_list(tmp_path / "l.yaml", [{"name": "a", "config": INSTANT}])
+    tool = _tool()
+    argv = [lst, "DATASETS.TEST", f"('{VAL}',)", "--output", str(src), "--seeds", "0"]
+    assert tool.main(argv + ["--train-script", STUB]) == 0
+    test = "longtail_synth_test"
+    monkeypatch.setenv("FAKE_TRAIN_DATASETS", test)
+    argv = ["--rescore", str(src), "--output", str(out), "--split", "test", "--seeds", "0"]
+    argv += ["--train-script", STUB]
+    with pytest.raises(tool.BenchmarkError, match=f"does not evaluate '{test}'"):
+        tool.main([lst, *argv])
+    assert tool.main([lst, "DATASETS.TEST", f"('{test}',)", *argv]) == 0
+    rescored = _calls(stub_env)[-1]
+    assert rescored[0] == "--eval-only"
+    # the recorded ('val',) first, the new split after it: the last one wins
+    tests = [rescored[i + 1] for i, a in enumerate(rescored) if a == "DATASETS.TEST"]
+    assert tests == [f"('{VAL}',)", f"('{test}',)"]
+    assert (out / "a" / "seed0" / "inference" / test / "metrics.json").exists()
+    with open(out / "benchmark.csv") as f:
+        assert [r["seeds"] for r in csv.DictReader(f)] == ["1"]
 
 
 def test_end_to_end_train_net_on_val_and_test(tmp_path, datasets_root):

@@ -166,12 +166,18 @@ def main(argv=None):
         if args.output is None or os.path.abspath(args.output) == os.path.abspath(args.rescore):
             raise BenchmarkError(f"--rescore {args.rescore}: give another --output folder")
         # The runs as they were made (command-line overrides included), not as planned now.
-        sources = with_recorded_args(plan_runs(methods, args.seeds, args.rescore, head, schedule=schedule))
-        split = _validate(sources, split)
+        sources = plan_runs(methods, args.seeds, args.rescore, head, schedule=schedule)
+        sources = with_recorded_args(sources)
+        # A source is finished once evaluated on the split asked for, or, when its DATASETS.TEST
+        # lacks that one (scoring finished runs on another split), on the last of its own.
+        try:
+            source_split = _validate(sources, split)
+        except BenchmarkError:
+            source_split = _validate(sources, None)
         for src in sources:
-            if not is_finished(src.output_dir, split):
+            if not is_finished(src.output_dir, source_split):
                 print(f"# {src.method} seed {src.seed}: not finished in {args.rescore}, left out")
-        finished = [src for src in sources if is_finished(src.output_dir, split)]
+        finished = [src for src in sources if is_finished(src.output_dir, source_split)]
         runs = plan_rescoring(finished, root, tail=args.opts)
     else:
         runs = plan_runs(methods, args.seeds, root, head, args.opts, schedule)
