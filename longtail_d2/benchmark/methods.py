@@ -301,18 +301,18 @@ def plan_runs(methods, seeds, root, head=(), tail=(), schedule=1.0):
     ``schedule``: factor on each method's own MAX_ITER and STEPS, between the two."""
     runs = []
     for m in _ordered(methods):
+        # Once per method: the {name} placeholders (the only per-seed part) hold no SOLVER key.
+        try:
+            scaled = schedule_overrides(m.config, [*head, *m.overrides], schedule)
+        except BenchmarkError as e:
+            raise BenchmarkError(f"method {m.name!r}: {e}") from None
         for seed in seeds:
             out = os.path.join(root, m.name, f"seed{seed}")
 
             def fill(value, seed=seed):
                 return PLACEHOLDER.sub(lambda g: os.path.join(root, g[1], f"seed{seed}"), value)
 
-            own = [*head, *map(fill, m.overrides)]
-            try:
-                own += schedule_overrides(m.config, own, schedule)
-            except BenchmarkError as e:
-                raise BenchmarkError(f"method {m.name!r}: {e}") from None
-            args = ["--config-file", m.config, *own, *tail]
+            args = ["--config-file", m.config, *head, *map(fill, m.overrides), *scaled, *tail]
             args += ["OUTPUT_DIR", out, "SEED", str(seed)]
             runs.append(Run(m.name, seed, out, args, [(d, seed) for d in dependencies(m)]))
     return runs
