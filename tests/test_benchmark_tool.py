@@ -6,9 +6,11 @@ import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import INSTANT, REPO
@@ -440,3 +442,67 @@ def test_shipped_method_lists_load(tmp_path, capsys, name, opts):
         # 3x: a stage 2 (150 iterations, step at 100) keeps its shorter schedule
         stage2 = [c for c in commands if "/balms_decoupled/" in c][0]
         assert ("SOLVER.MAX_ITER 450 SOLVER.STEPS '(300,)'" in stage2) == (not opts), stage2
+
+
+def test_group_seed_spread_by_hand():
+    """Two rare classes over 3 seeds: AP (0, 10), (10, 10), (20, 40) -> APr 5, 10, 30: mean 15,
+    variance (100 + 25 + 225) / 2 = 175. Class variances 100 and 300, so the independent part
+    is (100 + 300) / 2^2 = 100 and the covariance part 175 - 100 = 75 = 2 * cov 150 / 2^2.
+    A class with no ground truth in some seed (NaN) is left out."""
+    from longtail_d2.benchmark import group_seed_spread
+
+    ap = [[0.0, 10.0, math.nan], [10.0, 10.0, 5.0], [20.0, 40.0, 5.0]]
+    s = group_seed_spread(ap)
+    assert (s["seeds"], s["classes"]) == (3, 2)
+    assert s["mean"] == pytest.approx(15.0)
+    assert s["std"] == pytest.approx(math.sqrt(175))
+    assert s["class_std"] == pytest.approx([10.0, math.sqrt(300)])
+    assert s["independent_std"] == pytest.approx(10.0)
+    assert s["covariance_var"] == pytest.approx(75.0)
+    # Classes that move independently: the group's std is the class std / sqrt(k).
+    rng = np.random.default_rng(0)
+    s = group_seed_spread(rng.normal(50.0, 6.0, size=(4000, 9)))
+    assert s["std"] == pytest.approx(2.0, rel=0.05)
+    assert s["independent_std"] == pytest.approx(2.0, rel=0.05)
+    with pytest.raises(ValueError, match=">= 2 seeds"):
+        group_seed_spread([[1.0, 2.0]])
+
+
+def _per_category(run_dir, dataset, rare_aps):
+    folder = os.path.join(run_dir, "inference", dataset)
+    os.makedirs(folder, exist_ok=True)
+    rows = [{"id": 1, "name": "f1", "frequency": "f", "image_count": 99, "segm/AP": 90.0}]
+    rows += [
+        {"id": 2 + i, "name": f"r{i}", "frequency": "r", "image_count": 3, "segm/AP": ap,
+         "bbox/AP": 1.0}
+        for i, ap in enumerate(rare_aps)
+    ]
+    with open(os.path.join(folder, "per_category_ap.json"), "w") as f:
+        json.dump(rows, f)
+
+
+def test_seed_spread_script_on_finished_runs(tmp_path):
+    """benchmarks/seed_spread.py over a benchmark folder: the hand case above from the runs'
+    per_category_ap.json (the frequent class left out), a seed without an evaluation ignored,
+    a method with one evaluated seed reported as skipped."""
+    root = tmp_path / "out"
+    for seed, aps in enumerate([(0.0, 10.0), (10.0, 10.0), (20.0, 40.0)]):
+        _per_category(root / "a" / f"seed{seed}", "test", aps)
+    os.makedirs(root / "a" / "seed3")
+    _per_category(root / "b" / "seed0", "test", (1.0, 2.0))
+    script = os.path.join(REPO, "benchmarks", "seed_spread.py")
+    out = subprocess.run(
+        [sys.executable, script, str(root), "--dataset", "test", "--per-class"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    row = next(line for line in out.splitlines() if line.startswith("| a "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # method, seeds, classes, APr, seed std, class std rms sqrt(200), max sqrt(300), indep., cov.
+    assert cells == ["a", "3", "2", "15.00", "13.23", "14.14", "17.32", "10.00", "75.00"]
+    assert "b: 1 seed(s) evaluated on test, skipped" in out
+    assert re.search(r"\|\s+3 \| r1\s+\|\s+3 \|\s+10.0 \|\s+10.0 \|\s+40.0 \|\s+17.3 \|", out)
+    bad = subprocess.run(
+        [sys.executable, script, str(root), "--dataset", "test", "--methods", "c"],
+        capture_output=True, text=True,
+    )
+    assert bad.returncode != 0 and "method 'c'" in bad.stderr

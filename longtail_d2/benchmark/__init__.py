@@ -16,12 +16,14 @@ from .methods import (
 )
 from .results import (
     aggregate,
+    group_seed_spread,
     markdown_paired_table,
     markdown_table,
     metrics_file,
     paired_differences,
     plot_groups,
     read_metrics,
+    read_per_category_ap,
     write_csv,
 )
 from .scheduler import check_recorded_args, command, is_finished, run_all, with_recorded_args

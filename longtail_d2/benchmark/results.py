@@ -13,7 +13,9 @@ __all__ = [
     "TASKS",
     "GROUP_KEYS",
     "read_metrics",
+    "read_per_category_ap",
     "metrics_file",
+    "group_seed_spread",
     "aggregate",
     "paired_differences",
     "markdown_table",
@@ -78,6 +80,55 @@ def read_metrics(output_dir, dataset):
         k: float("nan") if v is None else float(v)
         for k, v in _parse(path).items()
         if isinstance(v, (int, float)) or v is None
+    }
+
+
+def read_per_category_ap(output_dir, dataset):
+    """The per-category rows of a run's evaluation on ``dataset`` (``inference/<dataset>/
+    per_category_ap.json``: id, name, frequency, image_count, ``<task>/AP``), or None."""
+    path = os.path.join(output_dir, "inference", dataset, "per_category_ap.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def group_seed_spread(per_class_ap):
+    """
+    Where the seed std of a group's AP (APr: the mean AP of its k classes) comes from. Its
+    variance over seeds is (the sum of the k classes' variances + the sum of the covariances of
+    the k (k - 1) pairs of classes) / k^2. With classes that vary independently from seed to
+    seed, the group's std is sqrt(sum of variances) / k: it shrinks as 1 / sqrt(k) with the
+    number of classes (9 rare classes in the generated dataset, 337 in LVIS v1), while a larger
+    evaluation split only removes the part of each class's spread that comes from which images
+    score it. A covariance part well above zero means the seed moves the classes together.
+
+    Args:
+        per_class_ap: array [seeds, k], AP of each class of the group in each seed (seeds >= 2;
+            a class with a NaN in any seed, e.g. no ground truth, is left out).
+    Returns:
+        dict: "seeds", "classes" (k), "mean" and "std" (sample std, n - 1) of the group AP over
+        seeds, "class_std" [k] (each class's seed std), "independent_std" (sqrt(sum of the
+        classes' variances) / k), "covariance_var" (variance of the group AP minus
+        independent_std^2: the pairs' covariances / k^2).
+    """
+    a = np.asarray(per_class_ap, float)
+    a = a[:, np.isfinite(a).all(0)]
+    seeds, k = a.shape
+    if seeds < 2 or k < 1:
+        raise ValueError(f"need >= 2 seeds and >= 1 class with AP in every seed, got {seeds}, {k}")
+    group = a.mean(1)
+    class_var = a.var(0, ddof=1)
+    independent_var = float(class_var.sum()) / k**2
+    var = float(group.var(ddof=1))
+    return {
+        "seeds": seeds,
+        "classes": k,
+        "mean": float(group.mean()),
+        "std": math.sqrt(var),
+        "class_std": np.sqrt(class_var),
+        "independent_std": math.sqrt(independent_var),
+        "covariance_var": var - independent_var,
     }
 
 
