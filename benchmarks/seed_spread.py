@@ -9,10 +9,20 @@ own spreads give when they vary independently (sqrt(sum of variances) / k, falli
 1 / sqrt(k)); "covariance" is the rest of the variance, large when a seed moves the whole group
 together. The per-class seed std includes the evaluation's sampling of the split's images.
 
+With --bootstrap FOLDER (FOLDER/<method>/seed<k>/bootstrap.json, from tools/evaluate.py
+--bootstrap N --output FOLDER/<method>/seed<k> on each run's results, the same --bootstrap-seed
+for all), the group AP's seed variance is split further into the part that depends on which
+images the evaluation split holds ("evaluation part", which falls as 1 / its number of images)
+and the rest ("training part"), and "std, 4x images" is what the seed std would be on a split
+four times as large.
+
     python benchmarks/seed_spread.py output/benchmark/long900 --dataset longtail_synth_test \\
-        [--methods softmax sigmoid] [--seeds 0 1 2 3 4] [--group r] [--task segm] [--per-class]
+        [--methods softmax sigmoid] [--seeds 0 1 2 3 4] [--group r] [--task segm] [--per-class] \\
+        [--bootstrap output/bootstrap/long900]
 """
 import argparse
+import json
+import math
 import os
 import re
 import sys
@@ -23,7 +33,11 @@ sys.path.insert(0, REPO)
 import numpy as np  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from longtail_d2.benchmark import group_seed_spread, read_per_category_ap  # noqa: E402
+from longtail_d2.benchmark import (  # noqa: E402
+    evaluation_seed_variance,
+    group_seed_spread,
+    read_per_category_ap,
+)
 
 GROUP_NAMES = {"r": "rare", "c": "common", "f": "frequent"}
 
@@ -39,6 +53,24 @@ def _methods(root):
     )
 
 
+def _resampled(folder, method, seeds, task, metric):
+    """[seeds, N] of ``metric`` over the bootstrap resamples of each seed, or None if a seed has
+    no bootstrap.json; an error if the seeds' resamples differ."""
+    rows, draws = [], set()
+    for seed in seeds:
+        path = os.path.join(folder, method, f"seed{seed}", "bootstrap.json")
+        if not os.path.isfile(path):
+            return None
+        with open(path) as f:
+            boot = json.load(f)[task]
+        draws.add((boot["seed"], boot["num_samples"], boot["num_images"]))
+        rows.append(boot["samples"][metric])
+    if len(draws) > 1:
+        raise SystemExit(f"{folder}/{method}: the seeds' bootstraps drew different resamples "
+                         f"(seed, N, images): {sorted(draws)}")
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("root", help="a tools/benchmark.py output folder")
@@ -48,6 +80,7 @@ def main(argv=None):
     p.add_argument("--group", choices=sorted(GROUP_NAMES), default="r")
     p.add_argument("--task", choices=("segm", "bbox"), default="segm")
     p.add_argument("--per-class", action="store_true", help="also each class's AP in each seed")
+    p.add_argument("--bootstrap", metavar="FOLDER", help="FOLDER/<method>/seed<k>/bootstrap.json")
     args = p.parse_args(argv)
     if not os.path.isdir(args.root):
         p.error(f"{args.root}: no such folder")
@@ -70,11 +103,20 @@ def main(argv=None):
             print(f"{method}: {len(seeds)} seed(s) evaluated on {args.dataset}, skipped")
             continue
         s = group_seed_spread(per_seed)
-        rows.append([
+        row = [
             method, s["seeds"], s["classes"], s["mean"], s["std"],
             float(np.sqrt(np.mean(s["class_std"] ** 2))), float(s["class_std"].max()),
             s["independent_std"], s["covariance_var"],
-        ])
+        ]
+        if args.bootstrap:
+            resampled = _resampled(args.bootstrap, method, seeds, args.task, f"AP{args.group}")
+            if resampled is None:
+                row += [math.nan] * 3
+            else:
+                evaluation = evaluation_seed_variance(resampled)
+                training = max(s["std"] ** 2 - evaluation, 0.0)
+                row += [math.sqrt(evaluation), math.sqrt(training), math.sqrt(training + evaluation / 4)]
+        rows.append(row)
         if args.per_class:
             table = [
                 [c["id"], c["name"], c.get("image_count")] + [per_seed[i][j] for i in range(len(seeds))]
@@ -88,6 +130,8 @@ def main(argv=None):
         "method", "seeds", f"{GROUP_NAMES[args.group]} classes", group, "seed std",
         "class seed std (rms)", "(max)", "std if independent", "covariance part (var)",
     ]
+    if args.bootstrap:
+        headers += ["evaluation part", "training part", "std, 4x images"]
     print(f"Seed spread of {group} on {args.dataset} ({args.root})")
     print(tabulate(rows, headers, floatfmt=".2f", tablefmt="pipe"))
     for text in details:

@@ -468,6 +468,24 @@ def test_group_seed_spread_by_hand():
         group_seed_spread([[1.0, 2.0]])
 
 
+def test_evaluation_seed_variance_by_hand_and_simulated():
+    """Two seeds on three shared resamples: x1 - x2 = 0, 2, 4 is u1 - u2, of variance 4 =
+    2 var(u) -> var(u) = 2; the shared resample noise (x1 + x2 rising) does not count. Simulated
+    x_s(b) = t_s + e(b) + u_s(b) with std(u) 1.5, large e and t: var(u) recovered."""
+    from longtail_d2.benchmark import evaluation_seed_variance
+
+    assert evaluation_seed_variance([[1.0, 3.0, 5.0, math.nan], [1.0, 1.0, 1.0, 0.0]]) == (
+        pytest.approx(2.0)
+    )
+    rng = np.random.default_rng(0)
+    t = rng.normal(0, 3.0, size=(5, 1))
+    e = rng.normal(0, 2.0, size=(1, 20000))
+    x = 60 + t + e + rng.normal(0, 1.5, size=(5, 20000))
+    assert evaluation_seed_variance(x) == pytest.approx(1.5**2, rel=0.03)
+    with pytest.raises(ValueError, match=">= 2 seeds"):
+        evaluation_seed_variance([[1.0, 2.0, 3.0]])
+
+
 def _per_category(run_dir, dataset, rare_aps):
     folder = os.path.join(run_dir, "inference", dataset)
     os.makedirs(folder, exist_ok=True)
@@ -499,6 +517,29 @@ def test_seed_spread_script_on_finished_runs(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     # method, seeds, classes, APr, seed std, class std rms sqrt(200), max sqrt(300), indep., cov.
     assert cells == ["a", "3", "2", "15.00", "13.23", "14.14", "17.32", "10.00", "75.00"]
+
+    # Bootstraps of the three seeds on the same 3 resamples: deviations from the seeds' mean
+    # -10 -9 -8, -5 -5 -5, 15 14 13: variances 1, 0, 1 -> var(u) = 3/2 * 2/3 = 1 of the 175.
+    boot = tmp_path / "boot"
+    for seed, aprs in enumerate([[5, 6, 7], [10, 10, 10], [30, 29, 28]]):
+        os.makedirs(boot / "a" / f"seed{seed}")
+        record = {"seed": 0, "num_samples": 3, "num_images": 9, "samples": {"APr": aprs}}
+        (boot / "a" / f"seed{seed}" / "bootstrap.json").write_text(json.dumps({"segm": record}))
+    split = subprocess.run(
+        [sys.executable, script, str(root), "--dataset", "test", "--methods", "a",
+         "--bootstrap", str(boot)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    row = next(line for line in split.splitlines() if line.startswith("| a "))
+    # evaluation part 1, training part sqrt(174), at 4x the images sqrt(174 + 1/4)
+    assert [c.strip() for c in row.strip("|").split("|")][-3:] == ["1.00", "13.19", "13.20"]
+    record["seed"] = 1  # seed 2's resamples drawn with another bootstrap seed
+    (boot / "a" / "seed2" / "bootstrap.json").write_text(json.dumps({"segm": record}))
+    bad = subprocess.run(
+        [sys.executable, script, str(root), "--dataset", "test", "--bootstrap", str(boot)],
+        capture_output=True, text=True,
+    )
+    assert bad.returncode != 0 and "different resamples" in bad.stderr
     assert "b: 1 seed(s) evaluated on test, skipped" in out
     assert re.search(r"\|\s+3 \| r1\s+\|\s+3 \|\s+10.0 \|\s+10.0 \|\s+40.0 \|\s+17.3 \|", out)
     bad = subprocess.run(

@@ -16,6 +16,7 @@ from .methods import (
 )
 from .results import (
     aggregate,
+    evaluation_seed_variance,
     group_seed_spread,
     markdown_paired_table,
     markdown_table,

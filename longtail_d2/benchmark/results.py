@@ -16,6 +16,7 @@ __all__ = [
     "read_per_category_ap",
     "metrics_file",
     "group_seed_spread",
+    "evaluation_seed_variance",
     "aggregate",
     "paired_differences",
     "markdown_table",
@@ -130,6 +131,35 @@ def group_seed_spread(per_class_ap):
         "independent_std": math.sqrt(independent_var),
         "covariance_var": var - independent_var,
     }
+
+
+def evaluation_seed_variance(resampled):
+    """
+    The part of the seed variance of a metric that comes from which images the evaluation split
+    holds, from the image bootstrap of each seed's model with the same resamples
+    (``tools/evaluate.py --bootstrap N`` with the same ``--bootstrap-seed``).
+
+    Model s scored on resample b is x_s(b) = t_s + e(b) + u_s(b): its trained quality, noise
+    that every model shares (the resample is easy or hard) and noise of its own (which of its
+    own errors the resample holds). Only u_s varies across seeds on the split, so the observed
+    seed variance is var(t) + var(u). The deviation from the seeds' mean on the same resample,
+    x_s(b) - mean_s' x_s'(b), varies over b by var(u) (1 - 1/n) for n seeds (e cancels); so
+    var(u) = n / (n - 1) * the mean over seeds of that variance. It falls as 1 / (number of
+    evaluation images); var(t) does not.
+
+    Args:
+        resampled: array [seeds, N resamples] of the metric, the same resamples in every row
+            (n >= 2 seeds, N >= 2; resamples with a NaN in any seed are left out).
+    Returns:
+        var(u), in the metric's units squared.
+    """
+    x = np.asarray(resampled, float)
+    x = x[:, np.isfinite(x).all(0)]
+    n, num = x.shape
+    if n < 2 or num < 2:
+        raise ValueError(f"need >= 2 seeds and >= 2 resamples without NaN, got {n}, {num}")
+    deviation = x - x.mean(0)
+    return float(deviation.var(1, ddof=1).mean()) * n / (n - 1)
 
 
 def _mean_std(values):
