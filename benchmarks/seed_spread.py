@@ -48,9 +48,8 @@ def _seeds(method_dir):
 
 
 def _methods(root):
-    return sorted(
-        d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and _seeds(os.path.join(root, d))
-    )
+    folders = [d for d in sorted(os.listdir(root)) if os.path.isdir(os.path.join(root, d))]
+    return [d for d in folders if _seeds(os.path.join(root, d))]
 
 
 def _resampled(folder, method, seeds, task, metric):
@@ -115,16 +114,19 @@ def main(argv=None):
             else:
                 evaluation = evaluation_seed_variance(resampled)
                 training = max(s["std"] ** 2 - evaluation, 0.0)
-                row += [math.sqrt(evaluation), math.sqrt(training), math.sqrt(training + evaluation / 4)]
+                at_4x = math.sqrt(training + evaluation / 4)
+                row += [math.sqrt(evaluation), math.sqrt(training), at_4x]
         rows.append(row)
         if args.per_class:
+            ap = np.asarray(per_seed, float)  # [seeds, classes]
             table = [
-                [c["id"], c["name"], c.get("image_count")] + [per_seed[i][j] for i in range(len(seeds))]
-                + [float(np.std([per_seed[i][j] for i in range(len(seeds))], ddof=1))]
+                [c["id"], c["name"], c.get("image_count")] + ap[:, j].tolist()
+                + [float(ap[:, j].std(ddof=1))]
                 for j, c in enumerate(classes)
             ]
             headers = ["id", "name", "train images"] + [f"seed {k}" for k in seeds] + ["seed std"]
-            details.append(f"\n{method}\n" + tabulate(table, headers, floatfmt=".1f", tablefmt="pipe"))
+            text = tabulate(table, headers, floatfmt=".1f", tablefmt="pipe")
+            details.append(f"\n{method}\n{text}")
     group = f"{args.task} AP{args.group}"
     headers = [
         "method", "seeds", f"{GROUP_NAMES[args.group]} classes", group, "seed std",
