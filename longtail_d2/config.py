@@ -55,6 +55,10 @@ def add_loss_config(cfg):
     head.CLS_LOSS = "SoftmaxCELoss"
     # pi of the classifier bias init -log((1 - pi) / pi) of the sigmoid losses (EQL: 0.001).
     head.PRIOR_PROB = 0.001
+    # FederatedLoss's draw of F: -1 with torch's global generator (detectron2); >= 0 from a
+    # stream of its own seeded with this, the rank and the draw number: the same sequence of F
+    # whatever SEED is (to tell F's draw from the rest of a run's randomness).
+    head.FED_LOSS_DRAW_SEED = -1
 
 
 def add_eql_config(cfg):

@@ -155,6 +155,48 @@ def test_federated_loss_restricts_the_classes():
         assert torch.all(logits.grad[:, [0, 2]] == 0)
 
 
+def test_federated_draw_seed_fixes_f_whatever_the_global_seed():
+    """FED_LOSS_DRAW_SEED >= 0: the sequence of F is the same under two global seeds, does not
+    consume torch's global stream, changes from draw to draw, follows the same law as
+    detectron2's draw, and continues where it stopped after a state_dict round trip."""
+    gt = torch.tensor([1, 4, 1])
+    weights = torch.tensor([1.0, 1.0, 1.0, 1.0])
+
+    def sequence(global_seed, module, n=40):
+        torch.manual_seed(global_seed)
+        draws = [sorted(module.fed_classes(gt).tolist()) for _ in range(n)]
+        return draws, torch.rand(1)
+
+    a = FederatedLoss(num_classes=C, class_weights=weights, num_fed_classes=3, draw_seed=7)
+    b = FederatedLoss(num_classes=C, class_weights=weights, num_fed_classes=3, draw_seed=7)
+    draws_a, after_a = sequence(0, a)
+    draws_b, _ = sequence(123, b)
+    assert draws_a == draws_b
+    torch.manual_seed(0)
+    assert torch.equal(after_a, torch.rand(1))  # the global stream was not used
+    assert all(1 in d and C in d and len(d) == 3 for d in draws_a)
+    assert len({tuple(d) for d in draws_a}) == 3  # the negative changes from draw to draw
+    other = FederatedLoss(num_classes=C, class_weights=weights, num_fed_classes=3, draw_seed=8)
+    assert sequence(0, other)[0] != draws_a
+    # Resume: a fresh module with the state after 25 draws draws the 26th onwards.
+    c = FederatedLoss(num_classes=C, class_weights=weights, num_fed_classes=3, draw_seed=7)
+    sequence(5, c, 25)
+    resumed = FederatedLoss(num_classes=C, class_weights=weights, num_fed_classes=3, draw_seed=7)
+    resumed.load_state_dict(c.state_dict())
+    assert sequence(9, resumed, 15)[0] == draws_a[25:]
+    # The law of detectron2's draw: weights 4 : 2 : 1 for classes 0, 2, 3 -> 4/7, 2/7, 1/7.
+    d = FederatedLoss(
+        num_classes=C, class_weights=torch.tensor([4.0, 9.0, 2.0, 1.0]), num_fed_classes=3,
+        draw_seed=0,
+    )
+    counts = torch.zeros(C + 1)
+    for _ in range(3500):
+        counts[d.fed_classes(gt)] += 1
+    assert torch.allclose(counts[[0, 2, 3]] / 3500, torch.tensor([4, 2, 1]) / 7.0, atol=0.03)
+    # Default -1: detectron2's sampler on the global generator, no extra state.
+    assert "fed_draws" not in FederatedLoss(num_classes=C, class_weights=weights).state_dict()
+
+
 def test_pure_functions_name_the_width_mismatch():
     # The C vs C+1 confusion of the forks: EQL given C+1 logits says so.
     with pytest.raises(
