@@ -141,8 +141,8 @@ def evaluation_seed_variance(resampled):
 
     Model s scored on resample b is x_s(b) = t_s + e(b) + u_s(b): its trained quality, noise
     that every model shares (the resample is easy or hard) and noise of its own (which of its
-    own errors the resample holds). Only u_s varies across seeds on the split, so the observed
-    seed variance is var(t) + var(u). The deviation from the seeds' mean on the same resample,
+    own errors the resample holds). e is the same for every seed, so the seed variance observed on
+    the split is var(t) + var(u). The deviation from the seeds' mean on the same resample,
     x_s(b) - mean_s' x_s'(b), varies over b by var(u) (1 - 1/n) for n seeds (e cancels); so
     var(u) = n / (n - 1) * the mean over seeds of that variance. It falls as 1 / (number of
     evaluation images); var(t) does not.

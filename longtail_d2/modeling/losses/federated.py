@@ -10,8 +10,8 @@ from the class statistics of DATASETS.TRAIN, so LVIS v0.5 and custom datasets wo
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.utils import comm
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.utils import comm
 
 from .base import ClassificationLoss
 from .registry import LONGTAIL_LOSS_REGISTRY
