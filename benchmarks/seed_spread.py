@@ -59,6 +59,7 @@ def _resampled(folder, method, seeds, task, metric):
     for seed in seeds:
         path = os.path.join(folder, method, f"seed{seed}", "bootstrap.json")
         if not os.path.isfile(path):
+            print(f"{method}: no {path}, no bootstrap columns")
             return None
         with open(path) as f:
             boot = json.load(f)[task]

@@ -9,6 +9,8 @@ import os
 
 import numpy as np
 
+from ..evaluation.reports import PER_CATEGORY_JSON
+
 __all__ = [
     "TASKS",
     "GROUP_KEYS",
@@ -87,7 +89,7 @@ def read_metrics(output_dir, dataset):
 def read_per_category_ap(output_dir, dataset):
     """The per-category rows of a run's evaluation on ``dataset`` (``inference/<dataset>/
     per_category_ap.json``: id, name, frequency, image_count, ``<task>/AP``), or None."""
-    path = os.path.join(output_dir, "inference", dataset, "per_category_ap.json")
+    path = os.path.join(output_dir, "inference", dataset, PER_CATEGORY_JSON)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
