@@ -17,10 +17,14 @@ def add_dataset_config(cfg):
     cfg.DATASETS.SYNTHETIC.ROOT = ""
     # Seed of the generator: the same seed and sizes give byte-identical images and json.
     cfg.DATASETS.SYNTHETIC.SEED = 0
-    # Number of categories (at most 42: 7 shapes x 6 colours), split into r / c / f groups.
+    # Number of categories (at most 70: 7 shapes x 10 colours), split into r / c / f groups.
     cfg.DATASETS.SYNTHETIC.NUM_CLASSES = 30
-    # Training images before empty ones are dropped; the most frequent class is in ~40% of them.
+    # Training images before empty ones are dropped.
     cfg.DATASETS.SYNTHETIC.NUM_TRAIN_IMAGES = 1500
+    # Fraction of them that hold the most frequent class; the counts fall geometrically to 2 at
+    # the last class. An image holds at most 3 classes, so many classes need a smaller fraction
+    # (about fraction x NUM_CLASSES <= 3 ln(fraction x NUM_TRAIN_IMAGES / 2)).
+    cfg.DATASETS.SYNTHETIC.HEAD_IMAGE_FRACTION = 0.4
     # Validation images; every class appears in at least MIN_VAL_IMAGES_PER_CLASS of them.
     cfg.DATASETS.SYNTHETIC.NUM_VAL_IMAGES = 150
     cfg.DATASETS.SYNTHETIC.MIN_VAL_IMAGES_PER_CLASS = 3

@@ -2,8 +2,9 @@
 
 Each class is a (shape, colour) pair drawn as a filled polygon on a noisy grey background, so
 classes are visually distinguishable and masks are exact polygons. Training image counts fall
-geometrically with the class rank, from ~40% of the images down to 2, which gives LVIS-like
-rare (1-10 images), common (11-100) and frequent (>100) groups at the default size. The
+geometrically with the class rank, from ~40% of the images (``head_image_fraction``) down to
+2, which gives LVIS-like rare (1-10 images), common (11-100) and frequent (>100) groups at the
+default size. The
 validation set (and the optional held-out test set, drawn the same way after it) covers every
 class, and all splits carry ``neg_category_ids`` and some ``not_exhaustive_category_ids`` (an
 annotation of that class is then left out of the file).
@@ -37,7 +38,15 @@ COLORS = {
     "magenta": (200, 50, 200),
     "cyan": (40, 200, 210),
 }
-MAX_CLASSES = len(SHAPES) * len(COLORS)
+# Colours of classes 42-69, so that the first 42 keep their names (and renderings) whatever
+# NUM_CLASSES is. Far from the grey background (80-170) and, with the +-20 jitter, from each other.
+EXTRA_COLORS = {
+    "orange": (240, 140, 30),
+    "purple": (110, 40, 160),
+    "white": (240, 240, 240),
+    "black": (25, 25, 25),
+}
+MAX_CLASSES = len(SHAPES) * (len(COLORS) + len(EXTRA_COLORS))
 # Bumped whenever the same parameters would render a different dataset.
 GENERATOR_VERSION = 1
 
@@ -53,6 +62,8 @@ class SyntheticConfig:
     max_objects: int = 5
     # Held-out test split, rendered after the others so that train and val do not change.
     num_test_images: int = 0
+    # Fraction of the training images that hold the most frequent class.
+    head_image_fraction: float = 0.4
 
     @classmethod
     def from_cfg(cls, cfg):
@@ -65,16 +76,20 @@ class SyntheticConfig:
             min_val_images_per_class=s.MIN_VAL_IMAGES_PER_CLASS,
             image_size=s.IMAGE_SIZE,
             num_test_images=s.NUM_TEST_IMAGES,
+            head_image_fraction=s.HEAD_IMAGE_FRACTION,
         )
 
 
 def class_names(num_classes):
-    """Class k = 7a + b is shape b in colour (a + b) % 6: all 42 pairs are distinct."""
-    colors = list(COLORS)
-    return [
-        f"{colors[(k // len(SHAPES) + k % len(SHAPES)) % len(colors)]}_{SHAPES[k % len(SHAPES)]}"
-        for k in range(num_classes)
-    ]
+    """Class k = 7a + b (k < 42) is shape b in colour (a + b) % 6 of ``COLORS``; class
+    42 + 7a + b is shape b in colour (a + b) % 4 of ``EXTRA_COLORS``: all 70 pairs are distinct."""
+    names = []
+    for k in range(num_classes):
+        palette, j = (list(COLORS), k) if k < len(SHAPES) * len(COLORS) else (
+            list(EXTRA_COLORS), k - len(SHAPES) * len(COLORS))
+        a, b = divmod(j, len(SHAPES))
+        names.append(f"{palette[(a + b) % len(palette)]}_{SHAPES[b]}")
+    return names
 
 
 def _polygon(shape, cx, cy, r, theta):
@@ -124,7 +139,8 @@ def _render(rng, size, instances, path):
         color_name, shape = names[cls].split("_")
         poly = _polygon(shape, cx, cy, r, rng.uniform(-0.25, 0.25))
         poly = np.clip(poly, 0, size - 1)
-        color = tuple(int(np.clip(v + rng.integers(-20, 21), 0, 255)) for v in COLORS[color_name])
+        rgb = COLORS.get(color_name) or EXTRA_COLORS[color_name]
+        color = tuple(int(np.clip(v + rng.integers(-20, 21), 0, 255)) for v in rgb)
         draw.polygon([tuple(p) for p in poly], fill=color)
         x0, y0 = poly.min(0)
         x1, y1 = poly.max(0)
@@ -191,14 +207,21 @@ def _write_split(rng, cfg, root, split, classes_per_image, num_classes):
 
 
 def _train_classes(rng, cfg):
-    """Classes of each training image: class k in ~N * 0.4 * (2 / (0.4 N))^(k / (C-1)) images."""
+    """Classes of each training image: class k in ~N f (2 / (N f))^(k / (C-1)) images, f =
+    ``head_image_fraction``."""
     n, c = cfg.num_train_images, cfg.num_classes
-    top = max(2.0, 0.4 * n)
+    top = max(2.0, cfg.head_image_fraction * n)
     counts = np.round(top * (2.0 / top) ** (np.arange(c) / max(c - 1, 1))).astype(int)
     per_image = [[] for _ in range(n)]
     for k in range(c):
         free = [i for i in range(n) if len(per_image[i]) < cfg.max_objects // 2 + 1]
-        for i in rng.choice(free, size=min(counts[k], len(free)), replace=False):
+        if len(free) < counts[k]:  # the class would silently get fewer images, or none
+            raise ValueError(
+                f"DATASETS.SYNTHETIC: class {k + 1} of {c} needs {counts[k]} training images but "
+                f"only {len(free)} of NUM_TRAIN_IMAGES {n} have room for another class; lower "
+                f"HEAD_IMAGE_FRACTION ({cfg.head_image_fraction}) or NUM_CLASSES"
+            )
+        for i in rng.choice(free, size=counts[k], replace=False):
             per_image[i].append(k)
     return per_image
 
@@ -221,6 +244,10 @@ def generate_longtail_dataset(root: str, cfg: SyntheticConfig = SyntheticConfig(
     """Writes the dataset into ``root`` (which must not exist), atomically."""
     if not 1 <= cfg.num_classes <= MAX_CLASSES:
         raise ValueError(f"DATASETS.SYNTHETIC.NUM_CLASSES must be in [1, {MAX_CLASSES}]")
+    if not 0 < cfg.head_image_fraction <= 1:
+        raise ValueError(
+            f"DATASETS.SYNTHETIC.HEAD_IMAGE_FRACTION must be in (0, 1], got {cfg.head_image_fraction}"
+        )
     tmp = f"{root.rstrip('/')}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -265,9 +292,11 @@ def generate_longtail_dataset(root: str, cfg: SyntheticConfig = SyntheticConfig(
 
 def _params(cfg):
     params = dict(asdict(cfg), generator_version=GENERATOR_VERSION)
+    # Datasets made before these parameters existed keep their generator.json.
     if not cfg.num_test_images:
-        # Datasets without a test split keep the generator.json they had before it existed.
         del params["num_test_images"]
+    if cfg.head_image_fraction == SyntheticConfig.head_image_fraction:
+        del params["head_image_fraction"]
     return params
 
 

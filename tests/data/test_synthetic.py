@@ -7,7 +7,7 @@ import pytest
 
 from longtail_d2.data import SyntheticConfig, ensure_synthetic_dataset, generate_longtail_dataset
 from longtail_d2.data.class_statistics import frequency_groups
-from longtail_d2.data.synthetic import _train_classes, class_names
+from longtail_d2.data.synthetic import EXTRA_COLORS, _train_classes, class_names
 
 SMALL = SyntheticConfig(
     seed=3,
@@ -74,8 +74,61 @@ def test_default_size_has_lvis_like_groups():
 
 
 def test_class_names_are_distinct():
-    names = class_names(42)
-    assert len(set(names)) == 42
+    names = class_names(70)
+    assert len(set(names)) == 70
+    # The first 42 keep the names they had when 42 was the limit (k = 7a + b: shape b, colour
+    # (a + b) % 6), so the demo's dataset does not change; 42 + 7a + b: colour (a + b) % 4 of
+    # orange, purple, white, black.
+    assert names[:3] == ["red_circle", "green_square", "blue_triangle"]
+    assert names[41] == "cyan_cross"  # a=5, b=6: colour 11 % 6 = 5
+    assert names[42] == "orange_circle" and names[69] == "purple_cross"  # a=3, b=6: 9 % 4 = 1
+    assert class_names(30) == names[:30]
+
+
+def test_too_many_classes_for_the_images_is_an_error():
+    # At the default head fraction 0.4, 42 classes need more class slots (3 per image) than
+    # 1,500 images have: the tail classes used to get 0 images silently.
+    with pytest.raises(ValueError, match=r"class \d+ of 42 needs .*HEAD_IMAGE_FRACTION \(0.4\)"):
+        _train_classes(np.random.default_rng(0), SyntheticConfig(num_classes=42))
+
+
+def test_head_image_fraction_sets_the_counts():
+    # 60 classes, the head class in 20 % of 1,500 images: counts 300 * (2 / 300)^(k / 59), so
+    # rare (<= 10 images) from k >= 59 ln(30) / ln(150) = 39.9, i.e. 20 rare classes.
+    cfg = SyntheticConfig(num_classes=60, head_image_fraction=0.2)
+    per_image = _train_classes(np.random.default_rng(cfg.seed), cfg)
+    counts = np.bincount([k for ks in per_image for k in ks], minlength=60)
+    assert counts[0] == 300 and counts[-1] == 2 and counts.min() == 2
+    assert frequency_groups(counts).count("r") == 20
+    assert max(len(ks) for ks in per_image) <= 3
+
+
+def test_extra_colours_are_rendered(tmp_path):
+    cfg = SyntheticConfig(
+        seed=1, num_classes=46, num_train_images=200, num_val_images=46,
+        min_val_images_per_class=1, image_size=64, head_image_fraction=0.1,
+    )
+    root = str(tmp_path / "w")
+    generate_longtail_dataset(root, cfg)
+    val = _load(root, "val")
+    assert val["categories"][45]["name"] == "black_diamond"
+    from PIL import Image
+
+    # The pixel at an isolated object's centroid has its class colour (+- 20 jitter, +- noise).
+    checked = 0
+    for a in val["annotations"]:
+        if a["category_id"] < 43:
+            continue
+        name = val["categories"][a["category_id"] - 1]["name"]
+        xy = np.array(a["segmentation"][0]).reshape(-1, 2)
+        cx, cy = xy.mean(0)
+        image = next(i for i in val["images"] if i["id"] == a["image_id"])
+        pixel = np.asarray(Image.open(os.path.join(root, image["file_name"])))[int(cy), int(cx)]
+        assert np.abs(pixel.astype(int) - EXTRA_COLORS[name.split("_")[0]]).max() <= 45, name
+        checked += 1
+    assert checked >= 4
+    with open(os.path.join(root, "generator.json")) as f:
+        assert json.load(f)["head_image_fraction"] == 0.1
 
 
 def test_reuse_checks_parameters(small):
