@@ -248,12 +248,13 @@ def generate_longtail_dataset(root: str, cfg: SyntheticConfig = SyntheticConfig(
         raise ValueError(
             f"DATASETS.SYNTHETIC.HEAD_IMAGE_FRACTION must be in (0, 1], got {cfg.head_image_fraction}"
         )
+    rng = np.random.default_rng(cfg.seed)
+    train_classes = _train_classes(rng, cfg)  # may raise: before anything is written
     tmp = f"{root.rstrip('/')}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    rng = np.random.default_rng(cfg.seed)
     names = class_names(cfg.num_classes)
-    train = _write_split(rng, cfg, tmp, "train", _train_classes(rng, cfg), cfg.num_classes)
+    train = _write_split(rng, cfg, tmp, "train", train_classes, cfg.num_classes)
     splits = {"train": train}
     splits["val"] = _write_split(
         rng, cfg, tmp, "val", _eval_classes(rng, cfg, cfg.num_val_images), cfg.num_classes

@@ -92,6 +92,12 @@ def test_too_many_classes_for_the_images_is_an_error():
         _train_classes(np.random.default_rng(0), SyntheticConfig(num_classes=42))
 
 
+def test_too_many_classes_writes_nothing(tmp_path):
+    with pytest.raises(ValueError, match="HEAD_IMAGE_FRACTION"):
+        generate_longtail_dataset(str(tmp_path / "x"), SyntheticConfig(num_classes=42))
+    assert os.listdir(tmp_path) == []
+
+
 def test_head_image_fraction_sets_the_counts():
     # 60 classes, the head class in 20 % of 1,500 images: counts 300 * (2 / 300)^(k / 59), so
     # rare (<= 10 images) from k >= 59 ln(30) / ln(150) = 39.9, i.e. 20 rare classes.
