@@ -190,3 +190,23 @@ def test_generator_json_without_test_split_is_unchanged(small, tmp_path):
     # Asking for a test split in a folder generated without one is a parameter mismatch.
     with pytest.raises(ValueError, match="num_test_images"):
         ensure_synthetic_dataset(small, SyntheticConfig(**{**SMALL.__dict__, "num_test_images": 4}))
+
+
+def test_wide_benchmark_preset_has_20_rare_classes():
+    # configs/Benchmark/Benchmark-Wide.yaml: 60 classes (the model's class count too), 13 f / 27
+    # c / 20 r, every class in >= 2 training images.
+    from detectron2.config import get_cfg
+
+    from longtail_d2.config import add_longtail_config
+
+    cfg = get_cfg()
+    add_longtail_config(cfg)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cfg.merge_from_file(os.path.join(repo, "configs", "Benchmark", "Benchmark-Wide.yaml"))
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == cfg.DATASETS.SYNTHETIC.NUM_CLASSES == 60
+    synth = SyntheticConfig.from_cfg(cfg)
+    per_image = _train_classes(np.random.default_rng(synth.seed), synth)
+    counts = np.bincount([k for ks in per_image for k in ks], minlength=60)
+    groups = frequency_groups(counts)
+    assert (groups.count("f"), groups.count("c"), groups.count("r")) == (13, 27, 20)
+    assert counts.min() == 2
