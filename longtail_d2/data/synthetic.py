@@ -4,10 +4,9 @@ Each class is a (shape, colour) pair drawn as a filled polygon on a noisy grey b
 classes are visually distinguishable and masks are exact polygons. Training image counts fall
 geometrically with the class rank, from ~40% of the images (``head_image_fraction``) down to
 2, which gives LVIS-like rare (1-10 images), common (11-100) and frequent (>100) groups at the
-default size. The
-validation set (and the optional held-out test set, drawn the same way after it) covers every
-class, and all splits carry ``neg_category_ids`` and some ``not_exhaustive_category_ids`` (an
-annotation of that class is then left out of the file).
+default size. The validation set (and the optional held-out test set, drawn the same way after
+it) covers every class, and all splits carry ``neg_category_ids`` and some
+``not_exhaustive_category_ids`` (an annotation of that class is then left out of the file).
 
 Layout under ``root``: ``train/*.jpg``, ``val/*.jpg``, ``lvis_train.json``, ``lvis_val.json``,
 with ``num_test_images > 0`` also ``test/*.jpg`` and ``lvis_test.json``, and ``generator.json``
@@ -83,11 +82,11 @@ class SyntheticConfig:
 def class_names(num_classes):
     """Class k = 7a + b (k < 42) is shape b in colour (a + b) % 6 of ``COLORS``; class
     42 + 7a + b is shape b in colour (a + b) % 4 of ``EXTRA_COLORS``: all 70 pairs are distinct."""
+    first = len(SHAPES) * len(COLORS)
     names = []
     for k in range(num_classes):
-        palette, j = (list(COLORS), k) if k < len(SHAPES) * len(COLORS) else (
-            list(EXTRA_COLORS), k - len(SHAPES) * len(COLORS))
-        a, b = divmod(j, len(SHAPES))
+        palette = list(COLORS) if k < first else list(EXTRA_COLORS)
+        a, b = divmod(k if k < first else k - first, len(SHAPES))
         names.append(f"{palette[(a + b) % len(palette)]}_{SHAPES[b]}")
     return names
 
