@@ -45,7 +45,8 @@ EXTRA_COLORS = {
     "white": (240, 240, 240),
     "black": (25, 25, 25),
 }
-MAX_CLASSES = len(SHAPES) * (len(COLORS) + len(EXTRA_COLORS))
+PALETTE = {**COLORS, **EXTRA_COLORS}
+MAX_CLASSES = len(SHAPES) * len(PALETTE)
 # Bumped whenever the same parameters would render a different dataset.
 GENERATOR_VERSION = 1
 
@@ -138,8 +139,7 @@ def _render(rng, size, instances, path):
         color_name, shape = names[cls].split("_")
         poly = _polygon(shape, cx, cy, r, rng.uniform(-0.25, 0.25))
         poly = np.clip(poly, 0, size - 1)
-        rgb = COLORS.get(color_name) or EXTRA_COLORS[color_name]
-        color = tuple(int(np.clip(v + rng.integers(-20, 21), 0, 255)) for v in rgb)
+        color = tuple(int(np.clip(v + rng.integers(-20, 21), 0, 255)) for v in PALETTE[color_name])
         draw.polygon([tuple(p) for p in poly], fill=color)
         x0, y0 = poly.min(0)
         x1, y1 = poly.max(0)

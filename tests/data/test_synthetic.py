@@ -4,7 +4,10 @@ import os
 
 import numpy as np
 import pytest
+from detectron2.config import get_cfg
+from PIL import Image
 
+from longtail_d2.config import add_longtail_config
 from longtail_d2.data import SyntheticConfig, ensure_synthetic_dataset, generate_longtail_dataset
 from longtail_d2.data.class_statistics import frequency_groups
 from longtail_d2.data.synthetic import EXTRA_COLORS, _train_classes, class_names
@@ -111,15 +114,18 @@ def test_head_image_fraction_sets_the_counts():
 
 def test_extra_colours_are_rendered(tmp_path):
     cfg = SyntheticConfig(
-        seed=1, num_classes=46, num_train_images=200, num_val_images=46,
-        min_val_images_per_class=1, image_size=64, head_image_fraction=0.1,
+        seed=1,
+        num_classes=46,
+        num_train_images=200,
+        num_val_images=46,
+        min_val_images_per_class=1,
+        image_size=64,
+        head_image_fraction=0.1,
     )
     root = str(tmp_path / "w")
     generate_longtail_dataset(root, cfg)
     val = _load(root, "val")
     assert val["categories"][45]["name"] == "black_diamond"
-    from PIL import Image
-
     # The pixel at an isolated object's centroid has its class colour (+- 20 jitter, +- noise).
     checked = 0
     for a in val["annotations"]:
@@ -195,10 +201,6 @@ def test_generator_json_without_test_split_is_unchanged(small, tmp_path):
 def test_wide_benchmark_preset_has_20_rare_classes():
     # configs/Benchmark/Benchmark-Wide.yaml: 60 classes (the model's class count too), 13 f / 27
     # c / 20 r, every class in >= 2 training images.
-    from detectron2.config import get_cfg
-
-    from longtail_d2.config import add_longtail_config
-
     cfg = get_cfg()
     add_longtail_config(cfg)
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
