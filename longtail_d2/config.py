@@ -11,6 +11,10 @@ def add_dataset_config(cfg):
     # (name, json_file, image_root) triples; relative paths are taken under $DETECTRON2_DATASETS
     # (default "datasets"), like detectron2's builtin ones. Their names go in DATASETS.TRAIN/TEST.
     cfg.DATASETS.CUSTOM = []
+    # Seed of the training data (the sampler's order and each sample's augmentation): -1 = SEED.
+    # >= 0 varies the data apart from SEED, which keeps the initial weights and the RNG of the
+    # model (proposal sampling): to tell which of the two a seed-to-seed spread comes from.
+    cfg.DATALOADER.SEED = -1
     cfg.DATASETS.SYNTHETIC = CN()
     # Folder (under $DETECTRON2_DATASETS when relative) of the generated long-tailed dataset;
     # "" = none. When set and absent it is generated before training (deterministic by SEED).

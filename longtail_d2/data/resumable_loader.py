@@ -245,9 +245,10 @@ def train_sampler_factory(cfg, dataset_dicts) -> Callable[[int], Sampler]:
 
 
 def resolve_seed(cfg) -> int:
-    """cfg.SEED, or (SEED < 0) a random seed agreed on by all ranks; a resumed run replaces it
-    by the one in its checkpoint."""
-    return int(cfg.SEED) if cfg.SEED >= 0 else int(comm.shared_random_seed())
+    """DATALOADER.SEED, or (< 0) cfg.SEED, or (both < 0) a random seed agreed on by all ranks; a
+    resumed run replaces it by the one in its checkpoint."""
+    seed = cfg.DATALOADER.SEED if cfg.DATALOADER.SEED >= 0 else cfg.SEED
+    return int(seed) if seed >= 0 else int(comm.shared_random_seed())
 
 
 def build_resumable_train_loader(

@@ -17,6 +17,7 @@ from longtail_d2.data.resumable_loader import (
     DeterministicBatchSampler,
     ResumableTrainLoader,
     SeededMapDataset,
+    build_resumable_train_loader,
     sample_seed,
 )
 from tests.conftest import REPO, run_train_net
@@ -97,6 +98,33 @@ def test_loader_state_resumes_at_the_next_batch():
     resumed = _loader(1, seed=999)  # the seed comes from the state
     resumed.load_state_dict(state)
     assert _take(resumed, 5) == _take(_loader(0), 12)[7:]
+
+
+def _config_loader_batches(seed, data_seed, n=6):
+    """The first n batches (image id, augmentation draw) of build_resumable_train_loader on 12
+    records, with SEED and DATALOADER.SEED given."""
+    from detectron2.config import get_cfg
+
+    from longtail_d2.config import add_longtail_config
+
+    cfg = get_cfg()
+    add_longtail_config(cfg)
+    cfg.SEED, cfg.DATALOADER.SEED = seed, data_seed
+    cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_WORKERS = 2, 0
+    records = [{"image_id": i, "width": 4 + i % 2, "height": 4} for i in range(12)]
+    loader = build_resumable_train_loader(
+        cfg, dataset=records, mapper=lambda r: (r["image_id"], random.random())
+    )
+    return loader.seed, _take(loader, n)
+
+
+def test_dataloader_seed_sets_the_data_stream_apart_from_seed():
+    seed, batches = _config_loader_batches(seed=3, data_seed=-1)
+    assert seed == 3
+    # DATALOADER.SEED 8 gives the stream of SEED 8 whatever SEED is
+    assert _config_loader_batches(seed=3, data_seed=8) == _config_loader_batches(8, -1)
+    other_seed, other = _config_loader_batches(seed=3, data_seed=8)
+    assert other_seed == 8 and [i for b in other for i, _ in b] != [i for b in batches for i, _ in b]
 
 
 # ---------------------------------------------------------------- end to end, train_net.py
