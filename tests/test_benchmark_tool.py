@@ -140,6 +140,49 @@ def test_paired_differences_by_hand():
     assert "| a - b | 3 | +0.0 ± 0.0 | +2.3 ± 1.5 | -1.0 ± 0.0 |" in markdown_paired_table(table)
 
 
+def test_ap_fixed_and_pool_columns_when_the_runs_have_them(tmp_path):
+    """Runs evaluated with TEST.DETS_PER_CATEGORY carry bbox_fixed/... and bbox_pool/...: the
+    tables and the CSV gain those columns (box-only runs here: no mask columns); runs without
+    them keep the two LVIS tasks only."""
+    from longtail_d2.benchmark import aggregate, markdown_paired_table, markdown_table
+    from longtail_d2.benchmark import paired_differences, write_csv
+
+    def box_only(apr, fixed_apr, pool_apr):
+        out = {f"bbox/{k}": 40.0 for k in ("AP", "APr", "APc", "APf")}
+        out.update({f"bbox_fixed/{k}": 41.0 for k in ("AP", "APc", "APf")})
+        out.update({f"bbox_pool/{k}": 30.0 for k in ("AP", "APr", "APc", "APf")})
+        out.update({"bbox/APr": apr, "bbox_fixed/APr": fixed_apr, "bbox_pool/APr": pool_apr})
+        return out
+
+    # a: fixed APr 11, 13, 18 -> mean 14, std sqrt((9 + 1 + 16) / 2) = sqrt(13) = 3.6056;
+    # pool APr 5, 5, 8 -> mean 6, std sqrt((1 + 1 + 4) / 2) = 1.7321.
+    a = {0: box_only(10, 11, 5), 1: box_only(12, 13, 5), 2: box_only(14, 18, 8)}
+    b = {0: box_only(9, 10, 4), 1: box_only(9, 10, 4), 2: box_only(9, 10, 4)}
+    table = aggregate({"a": list(a.values()), "b": list(b.values())})
+    text = markdown_table(table)
+    header = text.splitlines()[0]
+    assert "mask" not in header
+    assert "| box fixed APr |" in header and "| box pool AP |" in header
+    assert "| a | 3 | 40.0 ± 0.0 | 12.0 ± 2.0 | 40.0 ± 0.0 | 40.0 ± 0.0 | 41.0 ± 0.0 | 14.0 ± 3.6 |" in text
+    cells = text.splitlines()[2].split(" | ")
+    assert cells[header.split(" | ").index("box pool APr")] == "6.0 ± 1.7"
+    # a - b per seed under AP-fixed: 1, 3, 8 -> +4.0 ± sqrt((9 + 1 + 16) / 2) = 3.6.
+    paired = markdown_paired_table(paired_differences({"a": a, "b": b}, [("a", "b")]))
+    assert "| a - b | 3 | +0.0 ± 0.0 | +3.0 ± 2.0 | +0.0 ± 0.0 | +0.0 ± 0.0 | +0.0 ± 0.0 | +4.0 ± 3.6 |" in paired
+    write_csv(table, tmp_path / "t.csv")
+    with open(tmp_path / "t.csv") as f:
+        row = next(csv.DictReader(f))
+    assert float(row["bbox_fixed/APr std"]) == pytest.approx(math.sqrt(13), abs=1e-4)
+    assert float(row["bbox_pool/APr mean"]) == pytest.approx(6.0)
+    assert row["segm/APr mean"] == ""  # the LVIS tasks' columns stay, empty
+
+    plain = aggregate({"a": [_metrics(10.0, 20.0), _metrics(12.0, 20.0)]})
+    assert "fixed" not in markdown_table(plain) and "pool" not in markdown_table(plain)
+    write_csv(plain, tmp_path / "plain.csv")
+    with open(tmp_path / "plain.csv") as f:
+        assert not any("fixed" in c or "pool" in c for c in next(csv.reader(f)))
+
+
 def test_dependency_substitution_order_and_failure(tmp_path, stub_env, monkeypatch, capsys):
     root = tmp_path / "out"
     lst = _write_list(

@@ -13,6 +13,7 @@ from ..evaluation.reports import PER_CATEGORY_JSON
 
 __all__ = [
     "TASKS",
+    "CAP_FREE_TASKS",
     "GROUP_KEYS",
     "read_metrics",
     "read_per_category_ap",
@@ -27,10 +28,20 @@ __all__ = [
     "plot_groups",
 ]
 
-TASKS = ("segm", "bbox")
+TASKS = ("segm", "bbox")  # LVIS's protocol (the per-image detection cap)
+# AP-fixed and AP-pool (runs evaluated with TEST.DETS_PER_CATEGORY > 0): tabulated when present.
+CAP_FREE_TASKS = ("segm_fixed", "bbox_fixed", "segm_pool", "bbox_pool")
+ALL_TASKS = TASKS + CAP_FREE_TASKS
 SUMMARY_KEYS = ("AP", "APr", "APc", "APf")
 GROUP_KEYS = ("APr", "APc", "APf")
-TASK_TITLES = {"segm": "mask", "bbox": "box"}
+TASK_TITLES = {
+    "segm": "mask",
+    "bbox": "box",
+    "segm_fixed": "mask fixed",
+    "bbox_fixed": "box fixed",
+    "segm_pool": "mask pool",
+    "bbox_pool": "box pool",
+}
 GROUP_COLORS = {"APr": "tab:red", "APc": "tab:orange", "APf": "tab:blue"}
 
 
@@ -185,7 +196,7 @@ def aggregate(results):
     table = {}
     for method, runs in results.items():
         row = {"n": len(runs)}
-        for task in TASKS:
+        for task in ALL_TASKS:
             for key in SUMMARY_KEYS:
                 values = [r.get(f"{task}/{key}", float("nan")) for r in runs]
                 row[f"{task}/{key}"] = _mean_std(values)
@@ -212,7 +223,7 @@ def paired_differences(by_seed, pairs):
         ours, theirs = by_seed.get(method, {}), by_seed.get(baseline, {})
         seeds = sorted(set(ours) & set(theirs))
         row = {"n": len(seeds)}
-        for task in TASKS:
+        for task in ALL_TASKS:
             for key in SUMMARY_KEYS:
                 name = f"{task}/{key}"
                 diff = [ours[s].get(name, np.nan) - theirs[s].get(name, np.nan) for s in seeds]
@@ -222,10 +233,11 @@ def paired_differences(by_seed, pairs):
 
 
 def _tasks(table):
-    """The tasks with at least one number (a box-only model has no segm columns)."""
+    """The tasks with at least one number (a box-only model has no segm columns; runs without
+    TEST.DETS_PER_CATEGORY have no AP-fixed / AP-pool columns)."""
     return [
         t
-        for t in TASKS
+        for t in ALL_TASKS
         if any(math.isfinite(row[f"{t}/AP"][0]) for row in table.values() if row["n"])
     ] or ["bbox"]
 
@@ -271,8 +283,11 @@ def _signed_cell(mean, std):
 
 
 def write_csv(table, path):
-    """method, seeds, then <task>/<key> mean and std columns (empty when undefined)."""
-    columns = [f"{t}/{k}" for t in TASKS for k in SUMMARY_KEYS]
+    """method, seeds, then <task>/<key> mean and std columns (empty when undefined): segm and
+    bbox always, AP-fixed / AP-pool tasks when some run has them."""
+    present = _tasks(table)
+    tasks = TASKS + tuple(t for t in CAP_FREE_TASKS if t in present)
+    columns = [f"{t}/{k}" for t in tasks for k in SUMMARY_KEYS]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         header = [f"{c} {s}" for c in columns for s in ("mean", "std")]
