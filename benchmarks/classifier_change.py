@@ -3,7 +3,8 @@
 How a training stage changed the classification layer, per frequency group (rare / common /
 frequent; not a test, prints a table): the mean over the group's classes of the weight vector's
 norm ratio |w_after| / |w_before| (a rescaling of the class's scores, which keeps the order of its
-detections), its cosine (below 1: the order can change) and the bias before and after. E.g. a
+detections), its cosine (below 1: the order can change), the bias and the norm |w| before and
+after. E.g. a
 decoupled stage 2 against its stage 1:
 
     python benchmarks/classifier_change.py \\
@@ -76,10 +77,11 @@ def main(argv=None):
     report = classifier_change_by_group(classifier_change(*before, *after), stats.frequency)
     rows = [
         [GROUP_NAMES[g], r["classes"], r["norm_ratio"], r["cosine"], r["bias_before"],
-         r["bias_after"]]
+         r["bias_after"], r["norm_before"], r["norm_after"]]
         for g, r in report.items()
     ]
-    headers = ["group", "classes", "|w_after| / |w_before|", "cosine", "bias before", "bias after"]
+    headers = ["group", "classes", "|w_after| / |w_before|", "cosine", "bias before", "bias after",
+               "|w_before|", "|w_after|"]
     print(f"Classifier change {args.before} -> {args.after} (mean over each group's classes)")
     print(tabulate(rows, headers=headers, tablefmt="pipe", floatfmt=".3f"))
 

@@ -31,12 +31,15 @@ def classifier_change(
         w_before, w_after: (C, D) one row per class (a background row must be dropped first).
         b_before, b_after: (C,)
     Returns:
-        {"norm_ratio": (C,) |w_after| / |w_before|, "cosine": (C,) cos(w_before, w_after),
-         "bias_before": (C,), "bias_after": (C,)}, float64.
+        {"norm_before": (C,) |w_before|, "norm_after": (C,) |w_after|, "norm_ratio": (C,)
+         |w_after| / |w_before|, "cosine": (C,) cos(w_before, w_after), "bias_before": (C,),
+         "bias_after": (C,)}, float64.
     """
     w0, w1 = w_before.double(), w_after.double()
     n0, n1 = w0.norm(dim=1), w1.norm(dim=1)
     return {
+        "norm_before": n0,
+        "norm_after": n1,
         "norm_ratio": n1 / n0,
         "cosine": (w0 * w1).sum(dim=1) / (n0 * n1),
         "bias_before": b_before.double(),

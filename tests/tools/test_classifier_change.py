@@ -28,6 +28,8 @@ def test_norm_ratio_and_cosine_by_hand():
     change = classifier_change(before, torch.tensor([-1.0, -2.0, -3.0]), after, torch.zeros(3))
     assert torch.allclose(change["norm_ratio"], torch.tensor([2.0, 1.0, math.sqrt(2)], dtype=torch.float64))
     assert torch.allclose(change["cosine"], torch.tensor([1.0, 0.0, math.sqrt(0.5)], dtype=torch.float64))
+    assert change["norm_before"].tolist() == pytest.approx([5.0, 1.0, 2.0])
+    assert change["norm_after"].tolist() == pytest.approx([10.0, 1.0, math.sqrt(8)])
     report = classifier_change_by_group(change, ["r", "f", "r"])
     assert set(report) == {"r", "f"}  # no common class: no row
     assert report["r"]["classes"] == 2
@@ -80,6 +82,8 @@ def test_script_group_means_on_checkpoints(datasets_root, tmp_path):
             float(torch.cos(angle[members]).mean()),
             -1.0,
             0.5,
+            2.0,
+            float((2.0 * ratio[members]).mean()),
         ]
         assert int(rows[group][0]) == expected[0]
         assert [float(x) for x in rows[group][1:]] == pytest.approx(expected[1:], abs=1e-3)
