@@ -28,8 +28,8 @@ from longtail_d2.benchmark import read_per_category_ap  # noqa: E402
 from longtail_d2.data.class_exposure import class_exposure  # noqa: E402
 from longtail_d2.data.resumable_loader import resolve_seed  # noqa: E402
 from longtail_d2.engine import prepare_run  # noqa: E402
+from longtail_d2.evaluation.reports import GROUP_NAMES  # noqa: E402
 
-GROUP_NAMES = {"r": "rare", "c": "common", "f": "frequent"}
 FEATURES = ("images seen", "seen from the first LR step", "last iteration seen")
 
 

@@ -4,8 +4,7 @@ How a training stage changed the classification layer, per frequency group (rare
 frequent; not a test, prints a table): the mean over the group's classes of the weight vector's
 norm ratio |w_after| / |w_before| (a rescaling of the class's scores, which keeps the order of its
 detections), its cosine (below 1: the order can change), the bias and the norm |w| before and
-after. E.g. a
-decoupled stage 2 against its stage 1:
+after. E.g. a decoupled stage 2 against its stage 1:
 
     python benchmarks/classifier_change.py \\
         --config-file output/benchmark/wide/balanced_softmax_decoupled/seed0/config.yaml \\

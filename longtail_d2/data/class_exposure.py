@@ -8,12 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .resumable_loader import (
-    DeterministicBatchSampler,
-    _aspect_groups,
-    resolve_seed,
-    train_sampler_factory,
-)
+from .resumable_loader import build_resumable_train_loader
 
 __all__ = ["class_exposure"]
 
@@ -35,13 +30,8 @@ def class_exposure(cfg, dataset_dicts: Sequence[dict], num_classes: int, late_fr
         on, and the last iteration that showed one (-1: never).
     """
     classes = [{a["category_id"] for a in d.get("annotations", [])} for d in dataset_dicts]
-    groups = _aspect_groups(dataset_dicts) if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
-    batches = DeterministicBatchSampler(
-        train_sampler_factory(cfg, dataset_dicts),
-        groups,
-        cfg.SOLVER.IMS_PER_BATCH,
-        resolve_seed(cfg),
-    )
+    # The loader's own batch sampler: (index, sample seed) batches, no image read.
+    batches = build_resumable_train_loader(cfg, dataset_dicts).batch_sampler
     exposure = np.zeros((num_classes, 3), dtype=np.int64)
     exposure[:, 2] = -1
     for iteration, batch in enumerate(itertools.islice(iter(batches), cfg.SOLVER.MAX_ITER)):

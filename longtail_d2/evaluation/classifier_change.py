@@ -1,10 +1,11 @@
 """How a training stage changed the classification layer, per frequency group of the classes.
 
 A class's score on a box is sigma(w . x + b) in a sigmoid head. With the features x fixed (a
-decoupled stage 2 trains the classifier alone), scaling w by a > 0 keeps the order of that class's
-detections, which is all its AP reads, apart from the per-image detection cap; turning w (cosine
-< 1) reorders them (in a softmax head the other classes' logits also enter each score). So the norm ratio |w_after| / |w_before|
-says how much a stage rescales a class's scores and the cosine how much it can reorder them.
+decoupled stage 2 trains the classifier alone), scaling w by a > 0 keeps the order of that
+class's detections, which is all its AP reads, apart from the per-image detection cap; turning w
+(cosine < 1) reorders them (in a softmax head the other classes' logits also enter each score).
+So the norm ratio |w_after| / |w_before| says how much a stage rescales a class's scores and the
+cosine how much it can reorder them.
 Pure functions on tensors; ``benchmarks/classifier_change.py`` runs them on two checkpoints.
 """
 
